@@ -62,7 +62,9 @@ class BaseModelRef:
 
     def __post_init__(self) -> None:
         if not self.path:
-            raise ValueError(f"BaseModelRef({self.name!r}) has an empty path; build refs with resolve_model()")
+            raise ValueError(
+                f"BaseModelRef({self.name!r}) has an empty path; build refs with resolve_model()"
+            )
         if self.gguf_file is not None and ("/" in self.gguf_file or os.sep in self.gguf_file):
             raise ValueError(
                 f"gguf_file must be a bare file name inside path, got {self.gguf_file!r}; "
@@ -94,7 +96,7 @@ def _looks_like_path(name: str) -> bool:
     return (
         name.startswith(("/", "./", "../", "~"))
         or name.endswith(".gguf")
-        or os.sep != "/" and os.sep in name
+        or (os.sep != "/" and os.sep in name)
         or name.count("/") > 1
     )
 
@@ -115,7 +117,9 @@ def resolve_model(name_or_path: str) -> BaseModelRef:
     path = Path(name).expanduser()
     if path.is_file():
         if path.suffix != ".gguf":
-            raise ValueError(f"{path} is a file but not a .gguf; pass the model folder (with config.json) instead")
+            raise ValueError(
+                f"{path} is a file but not a .gguf; pass the model folder (with config.json) instead"
+            )
         path = path.resolve()
         return BaseModelRef(name=name, path=str(path.parent), gguf_file=path.name)
     if path.is_dir():
@@ -126,7 +130,9 @@ def resolve_model(name_or_path: str) -> BaseModelRef:
         if len(ggufs) == 1:
             return BaseModelRef(name=name, path=str(path), gguf_file=ggufs[0])
         if ggufs:
-            raise ValueError(f"{path} holds several .gguf files {ggufs}; pass the one you want as a file path")
+            raise ValueError(
+                f"{path} holds several .gguf files {ggufs}; pass the one you want as a file path"
+            )
         raise ValueError(f"{path} has neither config.json nor a .gguf file; it is not a model folder")
     if _looks_like_path(name):
         raise FileNotFoundError(f"model path {name} does not exist (resolved to {path.resolve()})")
