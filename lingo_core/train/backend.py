@@ -1,0 +1,226 @@
+"""Training backends. The trainer talks only to the `TrainBackend` protocol, so the orchestrator's
+DeepSpeedBackend (ZeRO, multi-GPU) and the single-process `TorchBackend` here are interchangeable."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+@runtime_checkable
+class TrainBackend(Protocol):
+    """What the training loop needs from a distributed/precision backend.
+
+    Call order per micro-batch (see DESIGN.md): backward(loss); b = is_boundary();
+    [controller.observe(full_grad) if b]; step(); [controller.allocate(step, write_param_) if b].
+    """
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def prepare(
+        self,
+        model: nn.Module,
+        params: list[nn.Parameter] | None = None,
+        *,
+        lr: float,
+        weight_decay: float,
+        warmup_steps: int,
+        total_steps: int,
+    ) -> nn.Module:
+        """Move/wrap the model, build AdamW over `params` (None: all trainable) with linear warm-up then
+        linear decay to 0 at total_steps. Gradient accumulation and clipping are construction settings of
+        the backend and must match TrainConfig.grad_accum / max_grad_norm. Returns the module to call for
+        forward passes (may be a wrapper such as a DeepSpeed engine)."""
+        ...
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backprop the un-scaled micro-batch loss (the backend divides by grad_accum)."""
+        ...
+
+    def is_boundary(self) -> bool:
+        """True when the next step() applies the optimizer."""
+        ...
+
+    def step(self) -> None:
+        """Call after every backward; applies clip + optimizer + scheduler at boundaries."""
+        ...
+
+    def full_grad(self, p: nn.Parameter) -> torch.Tensor | None:
+        """Full (unsharded, accumulated) gradient of p; valid between backward and step at a boundary."""
+        ...
+
+    def write_param_(self, p: nn.Parameter, value: torch.Tensor) -> None:
+        """Set parameter p in place, including any fp32 master / sharded copy."""
+        ...
+
+    def current_lr(self) -> float: ...
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Full (gathered) trainable parameters as CPU tensors, keyed by parameter name."""
+        ...
+
+    def load_trainable_state(self, sd: dict[str, torch.Tensor]) -> None: ...
+
+    def save_checkpoint(self, path: Path) -> None:
+        """Write model trainable state + optimizer + scheduler into directory `path` (all ranks call)."""
+        ...
+
+    def load_checkpoint(self, path: Path) -> None: ...
+
+    # Optional (the trainer falls back when absent):
+    #   autocast() -> context manager for forward passes (mixed precision); default: none
+    #   gathered() -> context in which the raw model holds full parameters (ZeRO-3); default: none
+
+
+def linear_warmup_decay(warmup_steps: int, total_steps: int):
+    """lr multiplier: 0 -> 1 over warmup_steps, then linearly down to 0 at total_steps."""
+
+    def f(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps  # +1: the very first update already moves the weights
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return f
+
+
+class TorchBackend:
+    """Single process, one device. bf16 autocast on CUDA (params and optimizer stay fp32), fp32 on CPU."""
+
+    def __init__(
+        self,
+        device: str | torch.device | None = None,
+        *,
+        grad_accum: int = 1,  # no accumulation unless asked; train() passes cfg.grad_accum
+        max_grad_norm: float | None = 1.0,  # standard clipping; train() passes cfg.max_grad_norm
+    ) -> None:
+        if grad_accum < 1:
+            raise ValueError(f"TorchBackend.grad_accum={grad_accum}: expected a positive integer")
+        self.rank = 0
+        self.world_size = 1
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._model: nn.Module | None = None
+        self._params: dict[str, nn.Parameter] = {}
+        self._micro = 0  # micro-batches seen since start; boundary every grad_accum of them
+        self.grad_accum = grad_accum
+        self.max_grad_norm = max_grad_norm or None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+
+    # ---- set-up ------------------------------------------------------------------------------------------
+    def prepare(
+        self,
+        model: nn.Module,
+        params: list[nn.Parameter] | None = None,
+        *,
+        lr: float,
+        weight_decay: float,
+        warmup_steps: int,
+        total_steps: int,
+    ) -> nn.Module:
+        model.to(self.device)
+        self._model = model
+        wanted = {id(p) for p in params} if params is not None else None
+        self._params = {
+            n: p
+            for n, p in model.named_parameters()
+            if p.requires_grad and (wanted is None or id(p) in wanted)
+        }
+        if not self._params:
+            raise ValueError("model has no trainable parameters; check the adapter method")
+        # No decay on biases and norm weights (1-D), the usual AdamW practice.
+        decay = [p for p in self._params.values() if p.ndim >= 2]
+        no_decay = [p for p in self._params.values() if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        # foreach=False: identical numerics across CPU runs regardless of tensor grouping (resume tests)
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, foreach=False)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, linear_warmup_decay(warmup_steps, total_steps)
+        )
+        return model
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()  # CPU: fp32; CPU bf16 autocast is slower on most CPUs and noisier
+
+    # ---- the step -----------------------------------------------------------------------------------------
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.grad_accum).backward()
+
+    def is_boundary(self) -> bool:
+        return (self._micro + 1) % self.grad_accum == 0
+
+    def step(self) -> None:
+        assert self.optimizer is not None and self.scheduler is not None, "call prepare() first"
+        boundary = self.is_boundary()
+        self._micro += 1
+        if not boundary:
+            return
+        if self.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(list(self._params.values()), self.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def full_grad(self, p: nn.Parameter) -> torch.Tensor | None:
+        return p.grad
+
+    def write_param_(self, p: nn.Parameter, value: torch.Tensor) -> None:
+        with torch.no_grad():
+            p.copy_(value.to(device=p.device, dtype=p.dtype))
+
+    def current_lr(self) -> float:
+        assert self.scheduler is not None, "call prepare() first"
+        return float(self.scheduler.get_last_lr()[0])
+
+    # ---- state ----------------------------------------------------------------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in self._params.items()}
+
+    def load_trainable_state(self, sd: dict[str, torch.Tensor]) -> None:
+        missing = sorted(set(self._params) - set(sd))
+        unexpected = sorted(set(sd) - set(self._params))
+        if missing or unexpected:
+            raise ValueError(f"trainable state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for n, p in self._params.items():
+                p.copy_(sd[n].to(device=p.device, dtype=p.dtype))
+
+    def save_checkpoint(self, path: Path) -> None:
+        assert self.optimizer is not None and self.scheduler is not None, "call prepare() first"
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file(self.trainable_state(), str(path / "trainable.safetensors"))
+        # The optimizer state (nested dict of tensors + ints) is only ever read back by load_checkpoint,
+        # never handed to users; torch.save is acceptable here because we load it with weights_only=True,
+        # which refuses arbitrary pickled objects.
+        torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
+        sched = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
+        (path / "backend_state.json").write_text(json.dumps({"scheduler": sched, "micro": self._micro}))
+
+    def load_checkpoint(self, path: Path) -> None:
+        assert self.optimizer is not None and self.scheduler is not None, "call prepare() first"
+        path = Path(path)
+        self.load_trainable_state(load_file(str(path / "trainable.safetensors")))
+        opt = torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(opt)
+        state = json.loads((path / "backend_state.json").read_text())
+        sched = self.scheduler.state_dict()
+        sched.update(state["scheduler"])
+        self.scheduler.load_state_dict(sched)
+        self._micro = int(state["micro"])
+
+    @contextlib.contextmanager
+    def gathered(self) -> Iterator[None]:
+        yield  # single process: parameters are always whole

@@ -1,0 +1,365 @@
+"""The training loop: one task, one adapter method, any TrainBackend.
+
+Dev selects the checkpoint (dev MCC); test is evaluated exactly once, on the dev-selected weights.
+Determinism: data order comes from (seed, epoch), dropout from (seed, micro-batch index), so a run
+resumed from a checkpoint continues bit-for-bit like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from lingo_core.train.backend import TorchBackend, TrainBackend
+from lingo_core.train.config import TrainConfig
+from lingo_core.train.metrics import classification_metrics
+
+_SCALARS = ("mcc", "f1", "accuracy", "auroc", "loss")  # metrics forwarded to hooks as dev_<name>
+
+
+@dataclass
+class EvalEvent:
+    step: int
+    epoch: int
+    metrics: dict[str, float | None]  # dev_mcc, dev_f1, dev_accuracy, dev_auroc, dev_loss
+    is_best: bool
+    checkpoint_dir: Path | None = None  # resumable checkpoint of this step (cfg.save_checkpoints)
+
+
+@dataclass
+class TrainHooks:
+    on_log: Callable[[int, dict], None] | None = None
+    on_evaluate: Callable[[EvalEvent], None] | None = None
+
+
+@dataclass
+class TrainResult:
+    task: str
+    method: str
+    best_step: int
+    dev_metrics: dict[str, Any]
+    test_metrics: dict[str, Any]
+    test_predictions: dict[str, list]  # labels, preds, probs (for a confusion matrix / ROC)
+    label_names: list[str]
+    budget_history: list[dict[str, int]]
+    rank_pattern: dict[str, list[bool]] | None  # of the selected (best) weights
+    trainable_params: int
+    total_params: int
+    trainable_fraction: float
+    total_steps: int
+    num_dev_evals: int
+    num_test_evals: int
+    artifact_dir: Path | None
+    model_identity: dict[str, Any]
+    wall_time_s: float
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["artifact_dir"] = str(self.artifact_dir) if self.artifact_dir else None
+        return d
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded, class-stratified subset of size min(n, len(labels))."""
+    labels = np.asarray(labels)
+    if n is None or n >= labels.size:
+        return np.arange(labels.size)
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts / counts.sum() * n
+    take = np.floor(exact).astype(int)
+    # largest remainder: hand out the leftover slots to the classes that lost most to rounding
+    for i in np.argsort(-(exact - take))[: n - take.sum()]:
+        take[i] += 1
+    picked = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, take, strict=True)]
+    return np.sort(np.concatenate(picked))
+
+
+def epoch_batches(n: int, epoch: int, cfg: TrainConfig, rank: int, world: int) -> list[list[int]]:
+    """This rank's micro-batches for `epoch`: seeded permutation, padded by wrap-around to a multiple of
+    world (like DistributedSampler), strided shard, incomplete accumulation group dropped."""
+    perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+    pad = (-n) % world
+    perm = np.concatenate([perm, perm[:pad]])[rank::world]
+    batches = [perm[i : i + cfg.batch_size].tolist() for i in range(0, perm.size, cfg.batch_size)]
+    return batches[: cfg.steps_per_epoch(n, world) * cfg.grad_accum]
+
+
+def _loader(examples: list[dict], batches: list[list[int]], collate, cfg: TrainConfig):
+    return torch.utils.data.DataLoader(
+        examples, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers
+    )
+
+
+def _prepare_data(cfg: TrainConfig):
+    from lingo_core.data.loading import load_task
+    from lingo_core.data.task import TaskRegistry
+
+    spec = TaskRegistry.from_root(cfg.data_root).get(cfg.task)
+    tables = load_task(spec)
+    for split, n, salt in (("train", cfg.max_train_samples, 0), ("dev", cfg.max_eval_samples, 1),
+                           ("test", cfg.max_eval_samples, 2)):
+        labels = tables[split].column("label").to_numpy()
+        tables[split] = tables[split].take(stratified_subset(labels, n, cfg.seed + salt))
+    return spec, tables
+
+
+def _resolve_adapter(cfg: TrainConfig, spec, n_train: int):
+    """Fill a rank budget left as None from the task's default (ars/adalora only)."""
+    from lingo_core.tuners.config import RANK_METHODS, resolve_ranks
+
+    return resolve_ranks(cfg.adapter, spec, n_train) if cfg.adapter.method in RANK_METHODS else cfg.adapter
+
+
+# ---- evaluation ------------------------------------------------------------------------------------------
+def evaluate(model: nn.Module, loader, backend: TrainBackend, desc: str) -> dict[str, np.ndarray | float]:
+    """Full pass over `loader` on this rank (every rank evaluates everything: forward is collective
+    under ZeRO-3, and dev/test are small)."""
+    model.eval()
+    labels, logits_all, loss_sum = [], [], 0.0
+    with torch.no_grad(), _autocast(backend):
+        for batch in tqdm(loader, desc=desc, leave=False, disable=backend.rank != 0):
+            y = batch.pop("labels").to(backend.device)
+            out = model(**{k: v.to(backend.device) for k, v in batch.items()})
+            logits = out.logits.float()
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            labels.append(y.cpu())
+            logits_all.append(logits.cpu())
+    y = torch.cat(labels).numpy()
+    probs = torch.softmax(torch.cat(logits_all), dim=-1).numpy()
+    return {"labels": y, "preds": probs.argmax(-1), "probs": probs, "loss": loss_sum / max(1, y.size)}
+
+
+def _metrics(ev: dict, num_labels: int, label_names) -> dict[str, Any]:
+    m = classification_metrics(ev["labels"], ev["preds"], ev["probs"], num_labels, label_names)
+    m["loss"] = float(ev["loss"])
+    return m
+
+
+def _autocast(backend) -> contextlib.AbstractContextManager:
+    fn = getattr(backend, "autocast", None)
+    return fn() if fn is not None else contextlib.nullcontext()
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# ---- checkpoints -------------------------------------------------------------------------------------------
+def _controller_to_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    tensors, kinds = {}, {}
+    for k, v in sd.items():
+        kinds[k] = "tensor" if isinstance(v, torch.Tensor) else type(v).__name__
+        tensors[k] = v.detach().cpu().contiguous() if isinstance(v, torch.Tensor) else torch.tensor(v)
+    return tensors, kinds
+
+
+def _controller_from_tensors(tensors: dict[str, torch.Tensor], kinds: dict[str, str]) -> dict:
+    cast = {"int": int, "float": float, "bool": bool}
+    return {k: (t if kinds[k] == "tensor" else cast[kinds[k]](t.item())) for k, t in tensors.items()}
+
+
+def _save_checkpoint(root: Path, step: int, backend, controller, state: dict, best_state) -> Path:
+    """All ranks call (backend shards); rank 0 writes trainer files. temp dir + rename: a crash never
+    leaves a half-written checkpoint under its final name."""
+    final, tmp = root / f"step-{step:07d}", root / f".tmp-step-{step:07d}"
+    if backend.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    backend.save_checkpoint(tmp / "backend")
+    if backend.rank == 0:
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        if best_state is not None:
+            save_file(best_state, str(tmp / "best_trainable.safetensors"))
+        if controller is not None:
+            tensors, kinds = _controller_to_tensors(controller.state_dict())
+            save_file(tensors, str(tmp / "controller.safetensors"), metadata={"kinds": json.dumps(kinds)})
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in root.glob("step-*"):  # keep only the newest: hooks (Ray) persist what they need
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def _load_checkpoint(path: Path, backend, controller) -> tuple[dict, dict | None]:
+    path = Path(path)
+    if not (path / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"resume_from={path}: no trainer_state.json; expected a checkpoint dir step-*")
+    backend.load_checkpoint(path / "backend")
+    state = json.loads((path / "trainer_state.json").read_text())
+    if controller is not None:
+        from safetensors import safe_open
+
+        with safe_open(str(path / "controller.safetensors"), "pt") as f:
+            kinds = json.loads(f.metadata()["kinds"])
+        controller.load_state_dict(_controller_from_tensors(load_file(str(path / "controller.safetensors")), kinds))
+    best = path / "best_trainable.safetensors"
+    return state, (load_file(str(best)) if best.is_file() else None)
+
+
+# ---- the loop ------------------------------------------------------------------------------------------------
+def train(
+    cfg: TrainConfig,
+    backend: TrainBackend | None = None,
+    hooks: TrainHooks | None = None,
+    resume_from: str | Path | None = None,
+) -> TrainResult:
+    from lingo_core.modeling import load_classifier, load_tokenizer, model_identity, resolve_model
+    from lingo_core.tokenization import TEMPLATE, LingoTokenizer, suggest_max_length
+    from lingo_core.tuners.methods import build_model
+
+    t0 = time.perf_counter()
+    hooks = hooks or TrainHooks()
+    backend = backend or TorchBackend(grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm)
+    rank, world = backend.rank, backend.world_size
+    out_dir = Path(cfg.output_dir)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    spec, tables = _prepare_data(cfg)
+    ref = resolve_model(cfg.model)
+    max_length = cfg.max_length or suggest_max_length(spec.seq_len_bp, cfg.tokenization)
+    tok = LingoTokenizer(load_tokenizer(ref), mode=cfg.tokenization, max_length=max_length)
+    data = {s: tok.encode_table(t, spec.description) for s, t in tables.items()}
+    n_train = len(data["train"])
+    total_steps = cfg.total_steps(n_train, world)
+    spe = cfg.steps_per_epoch(n_train, world)
+    settings = _resolve_adapter(cfg, spec, n_train)
+
+    torch.manual_seed(cfg.seed)  # the classification head and adapter inits are random
+    raw = load_classifier(ref, spec.num_labels)
+    raw, controller = build_model(raw, settings, total_steps, cfg.seed)
+    params = [p for p in raw.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in params)
+    n_total = sum(p.numel() for p in raw.parameters())
+    model = backend.prepare(raw, params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            warmup_steps=cfg.warmup_steps(total_steps), total_steps=total_steps)
+
+    eval_loaders = {s: _loader(data[s], [list(range(i, min(i + cfg.batch_size, len(data[s]))))
+                                         for i in range(0, len(data[s]), cfg.batch_size)], tok.collate, cfg)
+                    for s in ("dev", "test")}
+    step, best_step, best_mcc, best_state, best_dev = 0, 0, -math.inf, None, {}
+    best_pattern = controller.rank_pattern() if controller is not None else None
+    budget_history: list[dict[str, int]] = []
+    n_dev_evals = 0
+    if resume_from is not None:
+        st, best_state = _load_checkpoint(Path(resume_from), backend, controller)
+        step, best_step, best_mcc = st["step"], st["best_step"], st["best_mcc"]
+        best_dev, best_pattern = st["best_dev_metrics"], st["best_rank_pattern"]
+        budget_history, n_dev_evals = st["budget_history"], st["num_dev_evals"]
+
+    def dev_eval(epoch: int) -> None:
+        nonlocal best_step, best_mcc, best_state, best_dev, best_pattern, n_dev_evals
+        m = _metrics(evaluate(model, eval_loaders["dev"], backend, f"dev@{step}"), spec.num_labels,
+                     spec.label_names)
+        n_dev_evals += 1
+        is_best = m["mcc"] > best_mcc  # strict: on ties the earlier (cheaper-to-reach) step wins
+        if is_best:
+            best_step, best_mcc, best_dev, best_state = step, m["mcc"], m, backend.trainable_state()
+            best_pattern = controller.rank_pattern() if controller is not None else None
+        ckpt = None
+        if cfg.save_checkpoints:
+            state = {"step": step, "epoch": epoch, "best_step": best_step, "best_mcc": best_mcc,
+                     "best_dev_metrics": best_dev, "best_rank_pattern": best_pattern,
+                     "budget_history": budget_history, "num_dev_evals": n_dev_evals, "total_steps": total_steps,
+                     "rng": {"seed": cfg.seed, "data_order": "default_rng([seed, epoch])",
+                             "dropout": "manual_seed(seed * 1000003 + micro_batch_index)"},
+                     "config": cfg.to_dict()}
+            ckpt = _save_checkpoint(out_dir / "checkpoints", step, backend, controller, state, best_state)
+        if hooks.on_evaluate is not None:
+            dev = {f"dev_{k}": m[k] for k in _SCALARS}
+            hooks.on_evaluate(EvalEvent(step=step, epoch=epoch, metrics=dev, is_best=is_best, checkpoint_dir=ckpt))
+
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {spec.name} [{settings.method}]",
+               disable=rank != 0, dynamic_ncols=True)
+    loss_sum, loss_n, info = torch.zeros(()), 0, {"budget": 0, "active_ranks": 0, "regrown": 0, "dropped": 0}
+    while step < total_steps:
+        epoch, offset = divmod(step, spe)
+        batches = epoch_batches(n_train, epoch, cfg, rank, world)
+        first_micro = offset * cfg.grad_accum
+        micro = epoch * spe * cfg.grad_accum + first_micro  # global micro-batch index (dropout seed)
+        for batch in _loader(data["train"], batches[first_micro:], tok.collate, cfg):
+            model.train()
+            torch.manual_seed(cfg.seed * 1_000_003 + micro)
+            micro += 1
+            with _autocast(backend):
+                out = model(**{k: v.to(backend.device) for k, v in batch.items()})
+            backend.backward(out.loss)
+            loss_sum += out.loss.detach().float().cpu()
+            loss_n += 1
+            boundary = backend.is_boundary()
+            if boundary and controller is not None:
+                controller.observe(backend.full_grad)
+            backend.step()
+            if not boundary:
+                continue
+            step += 1
+            bar.update(1)
+            if controller is not None:
+                info = controller.allocate(step, backend.write_param_)
+                last = budget_history[-1] if budget_history else None
+                entry = {"step": step, **{k: int(info[k]) for k in ("budget", "active_ranks")}}
+                if last is None or step % cfg.log_every == 0 or any(last[k] != entry[k] for k in entry if k != "step"):
+                    budget_history.append(entry)
+            if step % cfg.log_every == 0 or step == total_steps:
+                logs = {"loss": float(loss_sum) / max(1, loss_n), "lr": backend.current_lr(), "epoch": epoch,
+                        **{k: int(v) for k, v in info.items()}}
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+                if hooks.on_log is not None:
+                    hooks.on_log(step, logs)
+                loss_sum, loss_n = torch.zeros(()), 0
+            end_of_epoch = step % spe == 0
+            due = (step % cfg.eval_every == 0) if cfg.eval_every else end_of_epoch
+            if due or step == total_steps:
+                dev_eval(epoch)
+            if step >= total_steps or end_of_epoch:
+                break
+    bar.close()
+
+    if best_state is not None:
+        backend.load_trainable_state(best_state)
+    test_ev = evaluate(model, eval_loaders["test"], backend, "test")
+    n_test_evals = 1  # the only test pass of the run, on the dev-selected weights
+    test_metrics = _metrics(test_ev, spec.num_labels, spec.label_names)
+    identity = model_identity(ref)
+    artifact_dir = None
+    with (getattr(backend, "gathered", None) or contextlib.nullcontext)():
+        if rank == 0:
+            from lingo_core.artifacts import save_adapter
+
+            artifact_dir = save_adapter(
+                raw, out_dir / "adapter", task=spec, tokenizer_mode=cfg.tokenization, template=TEMPLATE,
+                base_identity=identity, metrics={"dev": best_dev, "test": test_metrics},
+                method=settings.method, rank_pattern=best_pattern, max_length=max_length)
+    _barrier()
+    return TrainResult(
+        task=spec.name, method=settings.method, best_step=best_step, dev_metrics=best_dev,
+        test_metrics=test_metrics, label_names=list(spec.label_names),
+        test_predictions={"labels": test_ev["labels"].tolist(), "preds": test_ev["preds"].tolist(),
+                          "probs": test_ev["probs"].tolist()},
+        budget_history=budget_history, rank_pattern=best_pattern, trainable_params=n_trainable,
+        total_params=n_total, trainable_fraction=n_trainable / n_total, total_steps=total_steps,
+        num_dev_evals=n_dev_evals, num_test_evals=n_test_evals, artifact_dir=artifact_dir, model_identity=identity,
+        wall_time_s=time.perf_counter() - t0, config={**cfg.to_dict(), "adapter": dataclasses.asdict(settings),
+                                                      "max_length": max_length})
