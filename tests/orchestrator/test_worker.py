@@ -1,0 +1,160 @@
+"""DeepSpeedBackend on a real 2-process gloo group (forked processes, DeepSpeed ZeRO on CPU)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+WORLD = 2
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)  # identical initial weights on every rank, as with a shared base model
+    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 8, generator=g), torch.randint(0, 3, (8,), generator=g)
+
+
+def _run(rank: int, port: int, fn_name: str, tmp: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+        globals()[fn_name](rank, Path(tmp))
+    except BaseException:
+        (Path(tmp) / f"error{rank}.txt").write_text(traceback.format_exc())
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _spawn(fn_name: str, tmp_path: Path) -> None:
+    ctx = mp.start_processes(_run, args=(_port(), fn_name, str(tmp_path)), nprocs=WORLD,
+                             start_method="fork", join=False)
+    while not ctx.join(timeout=300):
+        pass
+    errors = [p.read_text() for p in tmp_path.glob("error*.txt")]
+    assert not errors, "\n".join(errors)
+
+
+def _backend(stage: int, lr: float):
+    from orchestrator.worker import DeepSpeedBackend, DeepSpeedSettings
+
+    b = DeepSpeedBackend(DeepSpeedSettings(zero_stage=stage, micro_batch_size=4, grad_accum=1))
+    engine = b.prepare(_model(), lr=lr, warmup_steps=0, total_steps=100)
+    return b, engine
+
+
+def _micro_step(b, engine, rank: int) -> None:
+    x, y = _batch()
+    x, y = x[rank * 4:(rank + 1) * 4], y[rank * 4:(rank + 1) * 4]  # each rank its half of the batch
+    loss = nn.functional.cross_entropy(engine(x), y)
+    b.backward(loss)
+    assert b.is_boundary()
+    b.step()
+
+
+# ---- cases run inside each rank -----------------------------------------------------------
+
+def case_write_survives_step(rank: int, tmp: Path) -> None:
+    b, engine = _backend(stage=2, lr=0.0)  # lr 0: an optimizer step must leave parameters unchanged
+    w = engine.module[0].weight
+    _micro_step(b, engine, rank)
+
+    # Premise of the test: under ZeRO-2 the fp32 master partition is copied back over the module
+    # parameter at every step, so a write to the module copy alone is undone.
+    with torch.no_grad():
+        w.data.fill_(7.0)
+    _micro_step(b, engine, rank)
+    assert not torch.all(w == 7.0), "ZeRO-2 did not copy the master weights back; test premise broken"
+
+    # write_param_: the next forward must see it (module copy) and it must survive the step (master).
+    b.write_param_(w, torch.zeros_like(w))
+    assert torch.all(w == 0.0), "module parameter not written"
+    x, _ = _batch()
+    h = engine.module[0](x)
+    assert torch.allclose(h, engine.module[0].bias.expand_as(h)), "forward does not use the written value"
+    _micro_step(b, engine, rank)
+    assert torch.all(w == 0.0), "write was lost at the optimizer step: fp32 master copy not written"
+
+
+def case_full_grad_is_global(rank: int, tmp: Path) -> None:
+    b, engine = _backend(stage=2, lr=0.0)
+    x, y = _batch()
+    loss = nn.functional.cross_entropy(engine(x[rank * 4:(rank + 1) * 4]), y[rank * 4:(rank + 1) * 4])
+    b.backward(loss)
+    assert b.is_boundary()
+    got = {n: b.full_grad(p) for n, p in engine.module.named_parameters()}
+    b.step()
+    ref = _model()
+    nn.functional.cross_entropy(ref(x), y).backward()  # whole batch, one process
+    for n, p in ref.named_parameters():
+        assert got[n] is not None, n
+        assert torch.allclose(got[n].reshape(p.shape), p.grad, atol=1e-6), n
+
+
+def case_checkpoint_roundtrip(rank: int, tmp: Path) -> None:
+    b, engine = _backend(stage=2, lr=1e-2)
+    for _ in range(3):
+        _micro_step(b, engine, rank)
+    b.save_checkpoint(tmp / "ckpt")
+    saved = b.trainable_state()
+    _micro_step(b, engine, rank)
+    after_one_more = b.trainable_state()
+
+    b2, engine2 = _backend(stage=2, lr=1e-2)
+    b2.load_checkpoint(tmp / "ckpt")
+    assert engine2.global_steps == 3
+    for n, t in b2.trainable_state().items():
+        assert torch.equal(t, saved[n]), n
+    _micro_step(b2, engine2, rank)  # optimizer moments + LR schedule restored -> same next step
+    for n, t in b2.trainable_state().items():
+        assert torch.allclose(t, after_one_more[n], atol=1e-6), n
+
+
+def case_zero3_state_and_write(rank: int, tmp: Path) -> None:
+    b, engine = _backend(stage=3, lr=0.0)
+    _micro_step(b, engine, rank)
+    state = b.trainable_state()
+    ref = dict(_model().named_parameters())
+    for n, t in state.items():
+        assert t.shape == ref[n].shape, n  # gathered, not the local shard
+        assert torch.allclose(t, ref[n].detach()), n
+    p = dict(engine.module.named_parameters())["0.weight"]
+    b.write_param_(p, torch.full(tuple(ref["0.weight"].shape), 0.5))
+    _micro_step(b, engine, rank)
+    assert torch.all(b.trainable_state()["0.weight"] == 0.5)
+
+
+# ---- tests --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["case_write_survives_step", "case_full_grad_is_global",
+                                  "case_checkpoint_roundtrip", "case_zero3_state_and_write"])
+def test_deepspeed_backend(case: str, tmp_path: Path) -> None:
+    _spawn(case, tmp_path)
+
+
+def test_checkpoint_tag_is_never_latest(tmp_path: Path) -> None:
+    """The checkpoint folder holds DeepSpeed's `latest` pointer file next to a `step<N>` folder."""
+    _spawn("case_checkpoint_roundtrip", tmp_path)
+    ckpt = tmp_path / "ckpt"
+    assert (ckpt / "latest").read_text().strip() == "step3"
+    assert (ckpt / "step3").is_dir()
