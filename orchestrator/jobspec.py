@@ -1,0 +1,500 @@
+"""Job spec: one YAML file (plus ``key=value`` overrides) describing a whole tuning sweep.
+
+Every problem is reported before any trial starts, as ``JobSpecError("<file>: <key.path>: <problem>")``:
+unknown keys (with close matches), wrong types, unknown tasks or methods, impossible rank budgets and
+ARS schedules that cannot fit into the computable number of training steps.
+
+Layout (see ``jobs/default.yaml``): top-level identity (name, tasks, methods, seeds, model, data), ``train``
+(``TrainConfig`` defaults of every trial), ``search`` (per method: hyperparameter -> value or distribution),
+``budgets`` (per task rank budgets), and the execution blocks scheduler / resources / deepspeed / mlflow / ray.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+__all__ = [
+    "JobSpec", "JobSpecError", "FieldError", "Dist", "BudgetSpec", "load_job", "parse_overrides",
+    "resolve_tasks",
+]
+
+SEARCH_ALL = "all"  # search key whose space applies to every method (a method's own entry wins)
+BUDGET_DEFAULT = "default"  # budgets key used for tasks no pattern matches
+
+
+class JobSpecError(ValueError):
+    """A job spec problem; the message names the file (or override) and the key path."""
+
+    def __init__(self, source: str, path: str, message: str):
+        self.source, self.path, self.problem = source, path, message
+        where = f"{path}: " if path else ""
+        super().__init__(f"{source}: {where}{message}")
+
+
+class FieldError(ValueError):
+    """Raised while building: ``path`` is relative to the object being built; callers prefix it."""
+
+    def __init__(self, path: str, problem: str):
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}: {problem}" if path else problem)
+
+
+DIST_KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """A search distribution, written in YAML as a one-key mapping: ``{loguniform: [1e-4, 1e-2]}``."""
+
+    kind: str
+    """loguniform / uniform: [low, high] floats; randint: [low, high] ints, BOTH ends inclusive
+    (``{randint: [1, 3]}`` draws 1, 2 or 3; Ray's own randint excludes the upper end);
+    choice: values drawn at random; grid: every value is run (a grid axis of this method only)."""
+    args: tuple
+
+    def __post_init__(self) -> None:
+        if self.kind not in DIST_KINDS:
+            raise FieldError("", f"unknown distribution {self.kind!r}{_suggest(self.kind, DIST_KINDS)}")
+        if self.kind in ("choice", "grid"):
+            if not self.args:
+                raise FieldError("", f"{self.kind} needs at least one value")
+            return
+        if len(self.args) != 2:
+            raise FieldError("", f"{self.kind} needs [low, high], got {list(self.args)}")
+        number = int if self.kind == "randint" else float
+        low, high = (coerce(a, number, "") for a in self.args)
+        object.__setattr__(self, "args", (low, high))
+        if not low < high if number is float else not low <= high:
+            raise FieldError("", f"{self.kind} needs low < high, got [{low}, {high}]")
+        if self.kind == "loguniform" and low <= 0:
+            raise FieldError("", f"loguniform needs low > 0, got {low}")
+
+    def candidates(self) -> list:
+        """Values that bound what the distribution can produce: validated before any trial runs."""
+        return list(self.args)
+
+    def to_yaml(self) -> dict:
+        return {self.kind: list(self.args)}
+
+
+def parse_search_value(value: Any, path: str) -> Any:
+    """A one-key mapping named after a distribution -> Dist; anything else is a fixed value."""
+    if isinstance(value, dict) and len(value) == 1:
+        (kind, args), = value.items()
+        if kind in DIST_KINDS or (isinstance(kind, str) and _suggest(kind, DIST_KINDS)):
+            if not isinstance(args, (list, tuple)):
+                raise FieldError(path, f"{kind} expects a list, got {args!r}")
+            try:
+                return Dist(str(kind), tuple(args))
+            except FieldError as e:
+                raise FieldError(path, e.problem) from None
+    return value
+
+
+@dataclass
+class BudgetSpec:
+    """An explicit rank budget (ARS / AdaLoRA): start with init_r per module, prune to target_r average."""
+
+    init_r: int
+    """Initial rank of every adapted matrix."""
+    target_r: int
+    """Average rank kept after the pruning schedule."""
+
+    def __post_init__(self) -> None:
+        if self.init_r < 1:
+            raise FieldError("init_r", f"must be >= 1, got {self.init_r}")
+        if self.target_r < 1:
+            raise FieldError("target_r", f"must be >= 1, got {self.target_r}")
+        if self.target_r > self.init_r:
+            raise FieldError("target_r", f"target_r={self.target_r} exceeds init_r={self.init_r}; "
+                             "pruning can only lower the rank")
+
+
+@dataclass
+class SchedulerSpec:
+    type: str = "asha"
+    """"asha" stops weak trials early on the dev metric; "fifo" runs every trial to the end."""
+    metric: str = "dev_mcc"  # MCC is the GUE primary metric; trials report it at every evaluation
+    mode: str = "max"  # MCC: higher is better
+    grace_period: int = 1  # evaluations a trial always gets; 1 keeps short CPU sweeps meaningful
+    reduction_factor: int = 2  # halve the field per rung: gentle for few trials per cell
+    max_t: int = 100  # ASHA's top rung, in evaluations (Ray's own default); trials end earlier anyway
+
+    def __post_init__(self) -> None:
+        if self.type not in ("asha", "fifo"):
+            raise FieldError("type", f"expected 'asha' or 'fifo', got {self.type!r}")
+        if self.mode not in ("max", "min"):
+            raise FieldError("mode", f"expected 'max' or 'min', got {self.mode!r}")
+        for name in ("grace_period", "max_t"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.reduction_factor < 2:
+            raise FieldError("reduction_factor", f"must be >= 2, got {self.reduction_factor}")
+        if self.grace_period > self.max_t:
+            raise FieldError("grace_period", f"{self.grace_period} exceeds max_t={self.max_t}")
+
+
+@dataclass
+class ResourcesSpec:
+    workers_per_trial: int = 1  # data-parallel Ray Train workers; 1 = no gradient all-reduce
+    cpus_per_worker: float = 1.0  # one core per worker: the tokenizer and loop are single-threaded
+    gpus_per_worker: float = 0.0  # CPU by default; fractions (0.5) pack two small-model trials per GPU
+
+    def __post_init__(self) -> None:
+        if self.workers_per_trial < 1:
+            raise FieldError("workers_per_trial", f"must be >= 1, got {self.workers_per_trial}")
+        if self.cpus_per_worker <= 0:
+            raise FieldError("cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+        if self.gpus_per_worker < 0:
+            raise FieldError("gpus_per_worker", f"must be >= 0, got {self.gpus_per_worker}")
+        if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
+            # Ray only packs fractions below one GPU; 1.5 GPUs cannot be placed
+            raise FieldError("gpus_per_worker", f"above 1 must be a whole number, got {self.gpus_per_worker}")
+
+
+@dataclass
+class DeepSpeedSpec:
+    zero_stage: int = 2  # shards optimizer state + grads; stage 3 (params too) only pays off for large LMs
+    bf16: bool | str = "auto"  # "auto": on iff the trial has a GPU (CPU bf16 matmuls are slow here)
+    offload_optimizer: bool = False  # CPU offload trades speed for memory; adapters' states are tiny
+    offload_param: bool = False  # stage-3 only; off because the frozen LM fits on one GPU
+    config: dict = field(default_factory=dict)  # raw DeepSpeed entries merged last: an escape hatch
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise FieldError("zero_stage", f"expected 0, 1, 2 or 3, got {self.zero_stage}")
+        if isinstance(self.bf16, str) and self.bf16 != "auto":
+            raise FieldError("bf16", f"expected true, false or 'auto', got {self.bf16!r}")
+        if self.offload_param and self.zero_stage != 3:
+            raise FieldError("offload_param", f"needs zero_stage 3, got {self.zero_stage}")
+
+
+@dataclass
+class MlflowSpec:
+    tracking_uri: str | None = None  # None -> sqlite:///<output_dir>/mlflow.db: no server needed
+    experiment: str | None = None  # None -> the job name, so sweeps of one job share an experiment
+    register: bool = True  # register each task's best adapter as lingo-<task> (+ champion alias)
+
+
+@dataclass
+class RaySpec:
+    address: str | None = None  # None -> start a local Ray; "auto" or ray://host:10001 joins a cluster
+    num_cpus: int | None = None  # None -> all cores of the local machine (ignored on a cluster)
+    num_gpus: int | None = None  # None -> all GPUs Ray detects (ignored on a cluster)
+    storage_path: str | None = None  # None -> <output_dir>/ray; a shared FS / s3:// URI on a cluster
+
+    def __post_init__(self) -> None:
+        for name in ("num_cpus", "num_gpus"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise FieldError(name, f"must be >= 0, got {value}")
+
+
+@dataclass
+class JobSpec:
+    name: str
+    """Sweep name: MLflow experiment, output folder and Ray experiment name."""
+    tasks: list[str]
+    """Task names, fnmatch globs ("EMP/*") or "all"; resolved through TaskRegistry.select."""
+    methods: list[str]
+    """Subset of lingo_core.tuners.METHODS run for every task."""
+    seeds: list[int] = field(default_factory=lambda: [0])  # one seed: a smoke sweep; add seeds for ± std
+    output_dir: str | None = None  # None -> runs/<name>, the README's results layout
+    model: str = "smollm2"  # the bundled SmolLM2-135M alias: runs offline on CPU
+    data_root: str | None = None  # None -> lingo_core's default_data_root() ($LINGO_DATA_ROOT, ../shared)
+    tokenization: str = "bbpe"  # the LM's own byte-level BPE; "onehot" = one token per nucleotide
+    num_samples: int = 1  # random draws per (task, method, seed[, grid point]) cell
+    search_seed: int | None = 0  # fixed: the same job file draws the same hyperparameters; None = fresh
+    max_concurrent_trials: int | None = None  # None -> as many as the resources allow
+    train: dict = field(default_factory=dict)  # TrainConfig defaults of every trial (nested like TrainConfig)
+    search: dict = field(default_factory=dict)  # method | "all" -> {TrainConfig dotted path: value | Dist}
+    budgets: dict = field(default_factory=dict)  # "default" | task name/glob -> BudgetSpec | "derived"
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)  # ASHA on dev MCC
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)  # 1 CPU worker per trial
+    deepspeed: DeepSpeedSpec = field(default_factory=DeepSpeedSpec)  # ZeRO-2, bf16 on GPU
+    mlflow: MlflowSpec = field(default_factory=MlflowSpec)  # sqlite store under output_dir
+    ray: RaySpec = field(default_factory=RaySpec)  # local Ray
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            raise FieldError("name", f"use letters, digits, '_', '-', '.' (a folder name), got {self.name!r}")
+        for name in ("tasks", "methods", "seeds"):
+            if not getattr(self, name):
+                raise FieldError(name, "must not be empty")
+        if len(set(self.methods)) != len(self.methods):
+            raise FieldError("methods", f"duplicates in {self.methods}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise FieldError("seeds", f"duplicates in {self.seeds}")
+        if self.tokenization not in ("bbpe", "onehot"):
+            raise FieldError("tokenization", f"expected 'bbpe' or 'onehot', got {self.tokenization!r}")
+        if self.num_samples < 1:
+            raise FieldError("num_samples", f"must be >= 1, got {self.num_samples}")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            raise FieldError("max_concurrent_trials", f"must be >= 1, got {self.max_concurrent_trials}")
+        if self.output_dir is None:
+            self.output_dir = f"runs/{self.name}"
+        if self.mlflow.experiment is None:
+            self.mlflow.experiment = self.name
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow store: the explicit URI, else a sqlite file in the output folder."""
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{Path(self.output_dir).resolve() / 'mlflow.db'}"
+
+    @property
+    def storage_path(self) -> str:
+        """Ray Tune storage (trial state + checkpoints, read by --resume)."""
+        return self.ray.storage_path or str(Path(self.output_dir).resolve() / "ray")
+
+    def method_space(self, method: str) -> dict[str, Any]:
+        """The search space of one method: the shared "all" entries overlaid by the method's own."""
+        return {**self.search.get(SEARCH_ALL, {}), **self.search.get(method, {})}
+
+    def to_dict(self) -> dict:
+        """Plain YAML-able dict; ``load_job`` of its dump gives an equal JobSpec."""
+        out = dataclasses.asdict(self)
+        out["search"] = {m: {k: v.to_yaml() if isinstance(v, Dist) else copy.deepcopy(v) for k, v in space.items()}
+                         for m, space in self.search.items()}
+        out["budgets"] = {k: v if isinstance(v, str) else dataclasses.asdict(v) for k, v in self.budgets.items()}
+        return out
+
+
+# --------------------------------------------------------------------------------------- typed building
+
+
+def _suggest(key: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None)) + (
+            " or null" if type(None) in args else "")
+    if origin is list:
+        return f"a list of {_describe(args[0])}s" if args else "a list"
+    return {int: "an integer", float: "a float", bool: "a boolean", str: "a string", dict: "a mapping"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+_FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def coerce(value: Any, hint: Any, path: str) -> Any:
+    """``value`` as type ``hint`` or FieldError(path). YAML 1.1 reads ``1e-4`` as a string, so
+    float-looking strings count as floats; bools are never numbers (``True`` is no batch size)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, path)
+            except FieldError:
+                continue
+        raise FieldError(path, f"expected {_describe(hint)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise FieldError(path, f"expected {_describe(hint)}, got {value!r}")
+        return [coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise FieldError(path, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(hint, type) and isinstance(value, hint):
+        return value
+    raise FieldError(path, f"expected {_describe(hint)}, got {value!r}")
+
+
+def build(cls: type, raw: Any, path: str = "") -> Any:
+    """Dataclass ``cls`` from a mapping, nested dataclasses included; errors carry the key path."""
+    def sub(name: str) -> str:
+        return f"{path}.{name}" if path else name
+
+    if isinstance(raw, cls):
+        return raw
+    if not isinstance(raw, dict):
+        raise FieldError(path, f"expected a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in raw:
+        if key not in fields:
+            raise FieldError(sub(str(key)), f"unknown key{_suggest(str(key), fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise FieldError(sub(name), "required key is missing")
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = build(hint, raw[name] if raw[name] is not None else {}, sub(name))
+        else:
+            kwargs[name] = coerce(raw[name], hint, sub(name))
+    try:
+        return cls(**kwargs)
+    except FieldError as e:
+        raise FieldError(sub(e.path), e.problem) from None
+
+
+# --------------------------------------------------------------------------------------- overrides
+
+
+def parse_overrides(overrides: typing.Sequence[str]) -> list[tuple[str, Any]]:
+    """``["train.epochs=2", "methods=[ars,lora]"]`` -> ``[("train.epochs", 2), ...]`` (YAML scalars)."""
+    parsed = []
+    for item in overrides:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise JobSpecError("override", item, "expected key=value (e.g. train.epochs=2)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise JobSpecError(f"override {item!r}", key, f"value is not valid YAML: {e}") from None
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def _split_override_path(key: str) -> list[str]:
+    """Dotted path -> raw-dict keys. Search spaces are keyed by dotted TrainConfig paths themselves
+    (``search.ars.adapter.p_regrow``) and budgets by task names, so those keep their tail in one key."""
+    parts = key.split(".")
+    if parts[0] == "search" and len(parts) > 2:
+        return parts[:2] + [".".join(parts[2:])]
+    if parts[0] == "budgets" and len(parts) > 2:
+        # task names contain no dots: "budgets.EMP/H3.init_r" -> ["budgets", "EMP/H3", "init_r"]
+        return parts[:2] + [".".join(parts[2:])]
+    return parts
+
+
+def apply_override(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = _split_override_path(key)
+    for depth, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise JobSpecError(f"override {key}", ".".join(parts[: depth + 1]), f"is {nxt!r}, not a mapping")
+        node = nxt
+    node[parts[-1]] = value
+
+
+# --------------------------------------------------------------------------------------- loading
+
+
+def _parse(raw: Any) -> JobSpec:
+    """Structure + types; the parts that need lingo_core (tasks, TrainConfig) follow in ``_check_core``."""
+    if not isinstance(raw, dict):
+        raise FieldError("", f"expected a mapping at the top level, got {type(raw).__name__}")
+    raw = dict(raw)
+    search_raw = raw.pop("search", None) or {}
+    budgets_raw = raw.pop("budgets", None) or {}
+    job = build(JobSpec, raw)
+    if not isinstance(search_raw, dict):
+        raise FieldError("search", f"expected a mapping of method -> space, got {search_raw!r}")
+    job.search = {}
+    for method, space in search_raw.items():
+        if space is None:
+            space = {}
+        if not isinstance(space, dict):
+            raise FieldError(f"search.{method}", f"expected a mapping of hyperparameter -> value, got {space!r}")
+        job.search[str(method)] = {
+            str(k): parse_search_value(v, f"search.{method}.{k}") for k, v in space.items()}
+    if not isinstance(budgets_raw, dict):
+        raise FieldError("budgets", f"expected a mapping of task -> budget, got {budgets_raw!r}")
+    job.budgets = {}
+    for pattern, spec in budgets_raw.items():
+        where = f"budgets.{pattern}"
+        if isinstance(spec, str) and spec != "derived":
+            raise FieldError(where, f"expected 'derived' or {{init_r: .., target_r: ..}}, got {spec!r}")
+        job.budgets[str(pattern)] = spec if spec == "derived" else build(BudgetSpec, spec, where)
+    return job
+
+
+def load_job(path: str | Path, overrides: typing.Sequence[str] = ()) -> JobSpec:
+    """Read, override, validate. Raises JobSpecError naming the file (or the override) and key path."""
+    source = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise JobSpecError(source, "", f"cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise JobSpecError(source, "", f"not valid YAML: {e}") from None
+    parsed = parse_overrides(overrides)
+    if isinstance(raw, dict):
+        for key, value in parsed:
+            apply_override(raw, key, value)
+    try:
+        job = _parse(raw)
+        from orchestrator.search import validate_job  # search builds on this module: import late
+
+        validate_job(job)
+    except FieldError as e:
+        raise JobSpecError(_source_of(e.path, source, parsed, overrides), e.path, e.problem) from None
+    return job
+
+
+def _source_of(path: str, source: str, parsed: list, overrides: typing.Sequence[str]) -> str:
+    """Blame the override that set ``path`` (or a parent / child of it), else the file."""
+    for (key, _), text in zip(reversed(parsed), reversed(list(overrides)), strict=True):
+        if path == key or path.startswith(key + ".") or key.startswith(path + ".") or (
+                path.startswith(key + "[")):
+            return f"{source} (override {text!r})"
+    return source
+
+
+# --------------------------------------------------------------------------------------- tasks, budgets
+
+
+def _registry(job: JobSpec):
+    from lingo_core.data.task import TaskRegistry
+
+    try:
+        return TaskRegistry.from_root(job.data_root)
+    except (OSError, ValueError) as e:
+        raise FieldError("data_root", f"cannot open the task registry: {e}") from None
+
+
+def resolve_tasks(job: JobSpec) -> list:
+    """The TaskSpecs the job runs, in registry order, without duplicates."""
+    registry = _registry(job)
+    for i, pattern in enumerate(job.tasks):  # one by one, so the error names the bad entry
+        try:
+            registry.select([pattern])
+        except (KeyError, ValueError) as e:
+            raise FieldError(f"tasks[{i}]", str(e)) from None
+    return registry.select(job.tasks)
+
+

@@ -1,0 +1,175 @@
+"""Job spec loading: every problem is reported with the file (or override) and the key path, before
+any trial runs. Uses the real GUE registry in ../shared (task sizes come from its tasks.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.jobspec import Dist, JobSpecError, load_job, resolve_tasks
+
+REPO = Path(__file__).resolve().parents[2]
+JOBS = sorted((REPO / "jobs").glob("*.yaml"))
+
+BASE = {
+    "name": "t",
+    "tasks": ["prom_core_tata", "tf/0"],
+    "methods": ["ars", "lora"],
+    "train": {"epochs": 1, "batch_size": 8, "max_train_samples": 256},
+}
+
+
+@pytest.fixture(autouse=True)
+def _data_root(gue_root, monkeypatch):
+    monkeypatch.setenv("LINGO_DATA_ROOT", str(gue_root))
+
+
+def write(tmp_path: Path, spec: dict, name: str = "job.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def merged(**parts) -> dict:
+    spec = yaml.safe_load(yaml.safe_dump(BASE))
+    for key, value in parts.items():
+        spec[key] = value
+    return spec
+
+
+def error_of(path: Path, overrides=()) -> str:
+    with pytest.raises(JobSpecError) as info:
+        load_job(path, list(overrides))
+    return str(info.value)
+
+
+@pytest.mark.parametrize("path", JOBS, ids=[p.name for p in JOBS])
+def test_every_shipped_job_validates(path):
+    job = load_job(path)
+    assert job.name == path.stem
+    assert resolve_tasks(job)
+
+
+def test_shipped_jobs_exist():
+    assert {p.name for p in JOBS} >= {"default.yaml", "gue_all.yaml", "ars_ablation.yaml"}
+
+
+def test_defaults_and_derived_fields(tmp_path):
+    job = load_job(write(tmp_path, BASE))
+    assert job.output_dir == "runs/t"
+    assert job.mlflow.experiment == "t"
+    assert job.tracking_uri.startswith("sqlite:///") and job.tracking_uri.endswith("runs/t/mlflow.db")
+    assert job.scheduler.type == "asha" and job.scheduler.metric == "dev_mcc"
+    assert job.deepspeed.zero_stage == 2 and job.deepspeed.bf16 == "auto"
+
+
+def test_unknown_top_level_key_suggests(tmp_path):
+    msg = error_of(write(tmp_path, merged(method=["ars"])))
+    assert "job.yaml: method: unknown key" in msg and "'methods'" in msg
+
+
+def test_unknown_nested_key_names_path(tmp_path):
+    msg = error_of(write(tmp_path, merged(scheduler={"grace_perod": 2})))
+    assert "scheduler.grace_perod: unknown key" in msg and "grace_period" in msg
+
+
+def test_unknown_train_key_names_path(tmp_path):
+    msg = error_of(write(tmp_path, merged(train={"epoch": 2})))
+    assert "train.epoch: unknown TrainConfig key" in msg and "'epochs'" in msg
+    msg = error_of(write(tmp_path, merged(train={"adapter": {"p_regro": 0.2}})))
+    assert "train.adapter.p_regro: unknown TrainConfig key" in msg and "adapter.p_regrow" in msg
+
+
+def test_unknown_key_via_override_names_override(tmp_path):
+    msg = error_of(write(tmp_path, BASE), ["train.epoch=2"])
+    assert "override 'train.epoch=2'" in msg and "train.epoch: unknown TrainConfig key" in msg
+    msg = error_of(write(tmp_path, BASE), ["resources.gpus=1"])
+    assert "override 'resources.gpus=1'" in msg and "resources.gpus: unknown key" in msg
+
+
+def test_wrong_types_name_path(tmp_path):
+    msg = error_of(write(tmp_path, merged(search={"ars": {"lr": "abc"}})))
+    assert "search.ars.lr: expected a float or a search distribution" in msg and "'abc'" in msg
+    msg = error_of(write(tmp_path, merged(resources={"workers_per_trial": "two"})))
+    assert "resources.workers_per_trial: expected an integer, got 'two'" in msg
+    msg = error_of(write(tmp_path, merged(train={"epochs": True})))
+    assert "train.epochs: expected an integer" in msg
+    msg = error_of(write(tmp_path, merged(seeds=[0, "x"])))
+    assert "seeds[1]" in msg
+
+
+def test_float_strings_from_yaml_are_floats(tmp_path):
+    # PyYAML reads `1e-4` (no dot) as a string; it must still count as a float
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(BASE) + "search:\n  ars:\n    lr: {loguniform: [1e-4, 1e-2]}\n")
+    job = load_job(path)
+    assert job.search["ars"]["lr"] == Dist("loguniform", (1e-4, 1e-2))
+
+
+def test_unknown_task_and_method_named(tmp_path):
+    msg = error_of(write(tmp_path, merged(tasks=["prom_core_tata", "prom_core_tatta"])))
+    assert "tasks[1]" in msg and "prom_core_tatta" in msg
+    msg = error_of(write(tmp_path, merged(methods=["ars", "loar"])))
+    assert "methods[1]: unknown method 'loar'" in msg and "'lora'" in msg
+    msg = error_of(write(tmp_path, merged(search={"lroa": {"lr": 1e-3}})))
+    assert "search.lroa: unknown method" in msg
+
+
+def test_impossible_budgets_named(tmp_path):
+    msg = error_of(write(tmp_path, merged(budgets={"prom_core_tata": {"init_r": 4, "target_r": 8}})))
+    assert "budgets.prom_core_tata.target_r" in msg and "exceeds init_r" in msg
+    msg = error_of(write(tmp_path, merged(budgets={"default": {"init_r": -1, "target_r": 1}})))
+    assert "budgets.default.init_r: must be >= 1" in msg
+    msg = error_of(write(tmp_path, merged(budgets={"prom_cor_*": {"init_r": 8, "target_r": 4}})))
+    assert "budgets.prom_cor_*: matches no task" in msg
+    msg = error_of(write(tmp_path, merged(search={"ars": {"adapter.init_r": 8}})))
+    assert "search.ars.adapter.init_r" in msg and "budgets" in msg
+
+
+def test_schedule_longer_than_training_named(tmp_path):
+    # 256 rows / batch 8 = 32 steps; tinit 20 + tfinal 20 leaves no pruning phase
+    spec = merged(search={"ars": {"adapter.tinit": 20, "adapter.tfinal": 20}})
+    msg = error_of(write(tmp_path, spec))
+    assert "search.ars.adapter.tinit" in msg and "total_steps (32)" in msg and "prom_core_tata" in msg
+    # a distribution's extreme value is checked too
+    spec = merged(search={"ars": {"adapter.tinit": {"randint": [1, 30]}}})
+    assert "search.ars.adapter.tinit" in error_of(write(tmp_path, spec))
+
+
+def test_search_range_checked_by_trainconfig(tmp_path):
+    msg = error_of(write(tmp_path, merged(search={"ars": {"adapter.p_regrow": {"uniform": [0.0, 1.5]}}})))
+    assert "search.ars.adapter.p_regrow" in msg and "probability" in msg
+    msg = error_of(write(tmp_path, merged(search={"lora": {"lr": {"loguniform": [0, 1e-2]}}})))
+    assert "search.lora.lr: loguniform needs low > 0" in msg
+    msg = error_of(write(tmp_path, merged(search={"lora": {"lr": {"logunifrom": [1e-4, 1e-2]}}})))
+    assert "search.lora.lr: unknown distribution 'logunifrom'" in msg
+    msg = error_of(write(tmp_path, merged(search={"all": {"task": "tf/0"}})))
+    assert "search.all.task: set by the job's top-level `tasks`" in msg
+
+
+def test_overrides_apply(tmp_path):
+    job = load_job(write(tmp_path, BASE), [
+        "train.epochs=2", "methods=[ars, adalora]", "resources.workers_per_trial=2",
+        "search.ars.adapter.p_regrow=0.3", "search.lora.lr={loguniform: [1e-4, 1e-3]}",
+        "budgets.tf/0.init_r=6", "budgets.tf/0.target_r=3", "mlflow.tracking_uri=http://x:5000",
+    ])
+    assert job.train["epochs"] == 2
+    assert job.methods == ["ars", "adalora"]
+    assert job.resources.workers_per_trial == 2
+    assert job.search["ars"]["adapter.p_regrow"] == 0.3
+    assert job.search["lora"]["lr"] == Dist("loguniform", (1e-4, 1e-3))
+    assert (job.budgets["tf/0"].init_r, job.budgets["tf/0"].target_r) == (6, 3)
+    assert job.tracking_uri == "http://x:5000"
+
+
+def test_bad_override_syntax(tmp_path):
+    assert "expected key=value" in error_of(write(tmp_path, BASE), ["train.epochs"])
+
+
+def test_to_dict_round_trip(tmp_path):
+    for path in JOBS:
+        job = load_job(path)
+        again = load_job(write(tmp_path, job.to_dict(), "again.yaml"))
+        assert again == job
