@@ -1,0 +1,33 @@
+"""Fine-tuning methods: settings, the ARS / AdaLoRA rank controller, and build_model."""
+
+from lingo_core.tuners.ars import ARSConfig, RankController, RankSampler
+from lingo_core.tuners.config import (
+    METHODS,
+    RANK_METHODS,
+    SAMPLING_MODES,
+    AdapterSettings,
+    default_rank_budget,
+    resolve_ranks,
+)
+from lingo_core.tuners.methods import (
+    build_model,
+    default_target_modules,
+    linear_module_names,
+    trainable_summary,
+)
+
+__all__ = [
+    "METHODS",
+    "RANK_METHODS",
+    "SAMPLING_MODES",
+    "ARSConfig",
+    "AdapterSettings",
+    "RankController",
+    "RankSampler",
+    "build_model",
+    "default_rank_budget",
+    "default_target_modules",
+    "linear_module_names",
+    "resolve_ranks",
+    "trainable_summary",
+]

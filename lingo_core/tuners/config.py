@@ -1,0 +1,189 @@
+"""Adapter settings shared by every fine-tuning method, and the default rank budget rule.
+
+`AdapterSettings` is what users and job specs set; `build_model` (methods.py) turns it into a PEFT
+config. Ranks and schedule lengths may stay None here: they depend on the task size and on the number
+of optimizer steps, which are known only when training starts (`resolve_ranks`, `validate_schedule`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # typing only: keeps `import lingo_core.tuners` free of the data stack
+    from lingo_core.data.task import TaskSpec
+
+METHODS = ("ars", "lora", "adalora", "prefix", "full", "probe")
+"""Every fine-tuning method `build_model` knows."""
+
+RANK_METHODS = ("ars", "adalora")
+"""Methods with an adaptive rank budget (init_r -> target_r) and a RankController."""
+
+SAMPLING_MODES = ("uniform", "importance")
+"""How ARS picks triplets to regrow / drop: fixed probabilities, or scaled by importance."""
+
+DEFAULT_INIT_R = 8
+"""Initial rank per adapted matrix. At 8 on all 7 LLaMA projections SmolLM2-135M trains ~1.8% of its
+parameters (< 2%), small enough for the 135M model yet enough headroom for pruning to choose from."""
+
+RANK_TIERS = ((5_000, 2), (30_000, 4))
+"""(train-set size upper bound, target_r): small tasks get a small final rank (less data cannot fit
+more directions without over-fitting); sets of 30k or more get DEFAULT_LARGE_TARGET_R."""
+
+DEFAULT_LARGE_TARGET_R = 6
+"""target_r for train sets of 30k sequences or more: enough data to use more of the init_r budget."""
+
+TINIT_FRACTION = 0.10
+"""Default warm-up before pruning: importance EMAs need some steps of gradients (E starts at zero, so
+the first scores are all zero) before they rank triplets meaningfully."""
+
+TFINAL_FRACTION = 0.20
+"""Default final phase at fixed ranks: the surviving triplets need steps to adapt after the last prune."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class AdapterSettings:
+    """How to adapt the base model (contract in docs/DESIGN.md, section Tuners)."""
+
+    method: str = "ars"  # the project's method; baselines are opt-in
+    """One of METHODS."""
+    init_r: int | None = None  # None: default_rank_budget picks it from the task size
+    """ars/adalora: initial rank of every adapted matrix."""
+    target_r: int | None = None  # None: default_rank_budget picks it from the task size
+    """ars/adalora: average final rank per adapted matrix (total budget = target_r x matrices)."""
+    tinit: int | None = None  # None: TINIT_FRACTION of total steps
+    """ars/adalora: warm-up steps at full rank before pruning starts."""
+    tfinal: int | None = None  # None: TFINAL_FRACTION of total steps
+    """ars/adalora: final steps at the frozen final rank pattern."""
+    deltaT: int = 1  # allocate at every optimizer step; sparser allocation made the old code prune once
+    """ars/adalora: optimizer steps between two rank allocations."""
+    beta1: float = 0.85  # AdaLoRA paper value
+    """EMA coefficient of the sensitivity (|w * grad|)."""
+    beta2: float = 0.85  # AdaLoRA paper value
+    """EMA coefficient of the uncertainty (|sensitivity - its EMA|)."""
+    orth_reg_weight: float = 0.5  # AdaLoRA paper value; keeps P and Q near-orthogonal so E ranks directions
+    """Weight of the orthogonality penalty on P and Q added to the training loss."""
+    p_regrow: float = 0.1  # one pruned triplet in ten gets a second chance per allocation
+    """ars: probability that a pruned triplet stays unmasked (regrows from its gradient)."""
+    p_drop: float = 0.1  # symmetric to p_regrow: the budget stays on target in expectation
+    """ars: probability that a kept triplet is masked anyway."""
+    sampling: str = "uniform"  # simplest, no dependence on noisy importance scores
+    """ars: "uniform" (fixed probabilities) or "importance" (scaled by triplet importance)."""
+    lora_r: int = 8  # same parameter count as ars/adalora at the default init_r
+    """lora: rank."""
+    lora_alpha: int = 16  # 2 x rank, the common LoRA choice
+    """lora/ars/adalora: scaling numerator (LoRA: alpha / r; AdaLoRA: alpha / init_r)."""
+    lora_dropout: float = 0.05  # light regularisation; small GUE tasks over-fit quickly
+    """lora/ars/adalora: dropout on the adapter input."""
+    num_virtual_tokens: int = 16  # PEFT's usual prefix length; short next to GUE prompts
+    """prefix: number of virtual key/value tokens per layer."""
+    target_modules: list[str] | None = None  # None: attention + MLP projections of the model family
+    """lora/ars/adalora: names (last path component) of the linear layers to adapt."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(
+                f"AdapterSettings.method: unknown method {self.method!r}; expected one of {', '.join(METHODS)}"
+            )
+        for name in ("init_r", "target_r"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(f"AdapterSettings.{name}: got {value!r}; expected a positive integer (>= 1) or None")
+        if self.init_r is not None and self.target_r is not None and self.target_r > self.init_r:
+            raise ValueError(
+                f"AdapterSettings.target_r ({self.target_r}) > init_r ({self.init_r}); pruning can only "
+                "lower the rank, so expected target_r <= init_r"
+            )
+        for name in ("tinit", "tfinal"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 0):
+                raise ValueError(f"AdapterSettings.{name}: got {value!r}; expected a number of steps >= 0 or None")
+        for name in ("deltaT", "lora_r", "num_virtual_tokens"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"AdapterSettings.{name}: got {value!r}; expected an integer >= 1")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"AdapterSettings.{name}: got {value!r}; expected an EMA coefficient in (0, 1)")
+        for name in ("p_regrow", "p_drop"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"AdapterSettings.{name}: got {value!r}; expected a probability in [0, 1]")
+        if self.sampling not in SAMPLING_MODES:
+            raise ValueError(
+                f"AdapterSettings.sampling: unknown mode {self.sampling!r}; expected one of "
+                f"{', '.join(SAMPLING_MODES)}"
+            )
+        if self.orth_reg_weight < 0:
+            raise ValueError(f"AdapterSettings.orth_reg_weight: got {self.orth_reg_weight!r}; expected >= 0")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"AdapterSettings.lora_alpha: got {self.lora_alpha!r}; expected > 0")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"AdapterSettings.lora_dropout: got {self.lora_dropout!r}; expected a value in [0, 1)")
+        if isinstance(self.target_modules, str):  # CLI / YAML convenience: "q_proj,v_proj"
+            self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
+        if self.target_modules is not None:
+            if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+                raise ValueError(
+                    f"AdapterSettings.target_modules: got {self.target_modules!r}; expected a non-empty list "
+                    "of module names (e.g. ['q_proj', 'v_proj']) or None for the model family's default"
+                )
+            self.target_modules = list(self.target_modules)
+
+    def validate_schedule(self, total_steps: int) -> tuple[int, int]:
+        """(tinit, tfinal) in steps for a run of `total_steps` optimizer steps; raises if no pruning phase fits.
+
+        None values become TINIT_FRACTION / TFINAL_FRACTION of total_steps.
+        """
+        if not _is_int(total_steps) or total_steps < 1:
+            raise ValueError(f"total_steps: got {total_steps!r}; expected a positive number of optimizer steps")
+        tinit = self.tinit if self.tinit is not None else int(TINIT_FRACTION * total_steps)
+        tfinal = self.tfinal if self.tfinal is not None else int(TFINAL_FRACTION * total_steps)
+        if tinit + tfinal >= total_steps:
+            raise ValueError(
+                f"AdapterSettings: tinit ({tinit}) + tfinal ({tfinal}) = {tinit + tfinal} >= total_steps "
+                f"({total_steps}); no steps are left to prune the rank budget. Lower tinit/tfinal or train "
+                "for more steps"
+            )
+        return tinit, tfinal
+
+
+def default_rank_budget(task: TaskSpec | None, n_train: int | None) -> tuple[int, int]:
+    """(init_r, target_r) for a task with `n_train` training sequences.
+
+    Rule: init_r = DEFAULT_INIT_R (8); target_r = 2 below 5k sequences, 4 below 30k, 6 otherwise.
+    Larger tasks can afford (and need) more rank; tiny ones over-fit with it. When n_train is None the
+    task's known train size (`task.sizes["train"]`) is used.
+    """
+    if n_train is None and task is not None and task.sizes:
+        n_train = task.sizes.get("train")
+    if n_train is None or not _is_int(n_train) or n_train < 0:
+        name = getattr(task, "name", None)
+        raise ValueError(
+            f"default_rank_budget: n_train is {n_train!r} (task {name!r}); expected the number of training "
+            "sequences (>= 0), or a task whose sizes include 'train'"
+        )
+    for bound, target in RANK_TIERS:
+        if n_train < bound:
+            return DEFAULT_INIT_R, target
+    return DEFAULT_INIT_R, DEFAULT_LARGE_TARGET_R
+
+
+def resolve_ranks(settings: AdapterSettings, task: TaskSpec | None, n_train: int | None) -> AdapterSettings:
+    """A copy of `settings` with init_r / target_r filled from default_rank_budget where they are None.
+
+    A user-set init_r below the default target caps the target, and a user-set target_r above the
+    default init_r raises the init rank, so target_r <= init_r always holds.
+    """
+    if settings.init_r is not None and settings.target_r is not None:
+        return dataclasses.replace(settings)
+    init_r, target_r = default_rank_budget(task, n_train)
+    init_r = settings.init_r if settings.init_r is not None else max(init_r, settings.target_r or 0)
+    target_r = settings.target_r if settings.target_r is not None else min(target_r, init_r)
+    return dataclasses.replace(settings, init_r=init_r, target_r=target_r)

@@ -1,0 +1,175 @@
+"""build_model: wrap a sequence-classification LM for one fine-tuning method.
+
+    ars      PEFT AdaLoRA + RankController(RankSampler with p_regrow / p_drop)
+    adalora  PEFT AdaLoRA + RankController(same allocator, no sampling)
+    lora     PEFT LoRA
+    prefix   PEFT prefix tuning
+    full     every parameter trainable
+    probe    only the classification head trainable
+
+The head (`score`) is trainable for every method; PEFT methods keep it in `modules_to_save` so it is
+saved with the adapter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import torch
+from peft import AdaLoraConfig, LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
+from torch import nn
+from transformers import PreTrainedModel
+
+from lingo_core.tuners.ars import ARSConfig, RankController
+from lingo_core.tuners.config import (
+    DEFAULT_INIT_R,
+    METHODS,
+    RANK_METHODS,
+    AdapterSettings,
+    default_rank_budget,
+)
+
+__all__ = ["HEAD", "METHODS", "build_model", "default_target_modules", "linear_module_names", "trainable_summary"]
+
+HEAD = "score"
+"""Name of the classification head of transformers' *ForSequenceClassification (LLaMA, OPT, Mistral, ...)."""
+
+_FALLBACK_N_TRAIN = 10_000  # ranks unresolved at build time: use the middle tier of default_rank_budget
+
+
+def default_target_modules(model: nn.Module) -> list[str]:
+    """Attention + MLP projections of the model's family (lingo_core.modeling.DEFAULT_TARGET_MODULES)."""
+    from lingo_core.modeling import DEFAULT_TARGET_MODULES, family
+
+    fam = family(model)
+    if fam not in DEFAULT_TARGET_MODULES:
+        raise ValueError(
+            f"no default adapter targets for model family {fam!r} (known: {', '.join(DEFAULT_TARGET_MODULES)}); "
+            f"set AdapterSettings.target_modules to some of the model's linear layers: "
+            f"{', '.join(linear_module_names(model))}"
+        )
+    return list(DEFAULT_TARGET_MODULES[fam])
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Sorted distinct last path components of the model's nn.Linear layers, head excluded."""
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear) and n}
+    names.discard(HEAD)
+    return sorted(names)
+
+
+def _check_targets(model: nn.Module, targets: list[str]) -> None:
+    available = linear_module_names(model)
+    missing = [t for t in targets if t not in available]
+    if missing:
+        raise ValueError(
+            f"AdapterSettings.target_modules: {missing} not found in {type(model).__name__}; "
+            f"its linear modules are: {', '.join(available)}"
+        )
+
+
+def trainable_summary(model: nn.Module) -> tuple[int, int, float]:
+    """(trainable parameters, all parameters, trainable / all); shared tensors are counted once."""
+    trainable = total = 0
+    for p in model.parameters():  # parameters() already de-duplicates tied weights
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total, (trainable / total if total else 0.0)
+
+
+def _head(model: nn.Module) -> nn.Module:
+    head = getattr(model, HEAD, None)
+    if not isinstance(head, nn.Module):
+        raise ValueError(
+            f"{type(model).__name__} has no `{HEAD}` head; build the base with "
+            "lingo_core.modeling.load_classifier (AutoModelForSequenceClassification)"
+        )
+    return head
+
+
+def _with_ranks(settings: AdapterSettings) -> AdapterSettings:
+    if settings.init_r is not None and settings.target_r is not None:
+        return settings
+    init_r, target_r = default_rank_budget(None, _FALLBACK_N_TRAIN)
+    warnings.warn(
+        "AdapterSettings.init_r/target_r unset at build_model; using the mid-size default "
+        f"({init_r}, {target_r}). Call lingo_core.tuners.resolve_ranks(settings, task, n_train) first "
+        "for the task-size rule",
+        stacklevel=3,
+    )
+    init_r = settings.init_r or max(DEFAULT_INIT_R, settings.target_r or 0)
+    return dataclasses.replace(settings, init_r=init_r, target_r=settings.target_r or min(target_r, init_r))
+
+
+def _rank_config(settings: AdapterSettings, targets: list[str], total_steps: int, seed: int) -> AdaLoraConfig:
+    tinit, tfinal = settings.validate_schedule(total_steps)
+    settings = _with_ranks(settings)
+    common = dict(
+        task_type=TaskType.SEQ_CLS,
+        init_r=settings.init_r,
+        target_r=settings.target_r,
+        tinit=tinit,
+        tfinal=tfinal,
+        deltaT=settings.deltaT,
+        beta1=settings.beta1,
+        beta2=settings.beta2,
+        orth_reg_weight=settings.orth_reg_weight,
+        total_step=total_steps,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=list(targets),
+        modules_to_save=[HEAD],
+    )
+    if settings.method == "adalora":
+        return AdaLoraConfig(**common)
+    return ARSConfig(
+        **common,
+        p_regrow=settings.p_regrow,
+        p_drop=settings.p_drop,
+        sampling=settings.sampling,
+        sampling_seed=seed,
+    )
+
+
+def build_model(
+    base: PreTrainedModel, settings: AdapterSettings, total_steps: int, seed: int
+) -> tuple[nn.Module, RankController | None]:
+    """Wrap `base` (a *ForSequenceClassification model, modified in place) for `settings.method`.
+
+    Returns the model to train and, for ars / adalora, the RankController the trainer drives. Adapter
+    weights are initialised from `seed` without touching the global RNG state.
+    """
+    if settings.method not in METHODS:  # settings mutated after construction
+        raise ValueError(f"AdapterSettings.method: unknown method {settings.method!r}; expected one of {METHODS}")
+    _head(base)
+    method = settings.method
+    targets: list[str] = []
+    if method in ("lora", *RANK_METHODS):
+        targets = settings.target_modules or default_target_modules(base)
+        _check_targets(base, targets)
+    with torch.random.fork_rng(devices=[]):  # CPU stream only: adapters are created on CPU, then moved
+        torch.manual_seed(seed)
+        if method == "full":
+            base.requires_grad_(True)
+            return base, None
+        if method == "probe":
+            base.requires_grad_(False)
+            _head(base).requires_grad_(True)
+            return base, None
+        if method == "lora":
+            config = LoraConfig(
+                task_type=TaskType.SEQ_CLS,
+                r=settings.lora_r,
+                lora_alpha=settings.lora_alpha,
+                lora_dropout=settings.lora_dropout,
+                target_modules=list(targets),
+                modules_to_save=[HEAD],
+            )
+            return get_peft_model(base, config), None
+        if method == "prefix":
+            config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=settings.num_virtual_tokens)
+            return get_peft_model(base, config), None  # SEQ_CLS adds the head to modules_to_save itself
+        model = get_peft_model(base, _rank_config(settings, targets, total_steps, seed))
+    return model, RankController(model)
