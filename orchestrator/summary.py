@@ -1,0 +1,171 @@
+"""Sweep summary: the task x method table of test MCC, mean ± std over seeds.
+
+Per (task, method, seed) the trial with the best dev MCC is kept (dev selects, as within a trial; test is
+never used for selection), then its test MCC is averaged over seeds. Pure functions of a list of result
+dicts (``task``, ``method``, ``seed``, ``dev_mcc``, ``test_mcc``, anything else is ignored); the files are
+written to a temp name and renamed, so a crash never leaves a half-written summary.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REQUIRED = ("task", "method", "seed")
+COLUMNS = ("task", "method", "n_seeds", "test_mcc_mean", "test_mcc_std", "dev_mcc_mean")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def best_per_seed(results: Sequence[dict], dev_key: str = "dev_mcc", mode: str = "max") -> list[dict]:
+    """The dev-best result of every (task, method, seed). Results without a finite test_mcc (failed,
+    or stopped before the final test evaluation) cannot be reported and are skipped."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode={mode!r}: expected 'max' or 'min'")
+    best: dict[tuple, dict] = {}
+    for i, r in enumerate(results):
+        missing = [k for k in REQUIRED if k not in r]
+        if missing:
+            raise ValueError(f"result {i} lacks {', '.join(missing)}: {sorted(r)}")
+        if not _finite(r.get("test_mcc")) or not _finite(r.get(dev_key)):
+            continue
+        key = (r["task"], r["method"], r["seed"])
+        cur = best.get(key)
+        better = cur is None or (r[dev_key] > cur[dev_key] if mode == "max" else r[dev_key] < cur[dev_key])
+        if better:
+            best[key] = r
+    return [best[k] for k in sorted(best, key=lambda k: (str(k[0]), str(k[1]), str(k[2])))]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (n-1); std is NaN for one seed: a spread of one value is unknown, not zero."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def summary_table(results: Sequence[dict], dev_key: str = "dev_mcc", mode: str = "max") -> list[dict]:
+    """One row per (task, method) in first-seen order of tasks and methods: COLUMNS."""
+    chosen = best_per_seed(results, dev_key, mode)
+    tasks = list(dict.fromkeys(r["task"] for r in results))
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    rows = []
+    for task in tasks:
+        for method in methods:
+            picks = [r for r in chosen if r["task"] == task and r["method"] == method]
+            if not picks:
+                continue
+            mean, std = _mean_std([float(r["test_mcc"]) for r in picks])
+            rows.append({"task": task, "method": method, "n_seeds": len(picks), "test_mcc_mean": mean,
+                         "test_mcc_std": std, "dev_mcc_mean": _mean_std([float(r[dev_key]) for r in picks])[0]})
+    return rows
+
+
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    text = f"{row['test_mcc_mean']:.3f}"
+    return text if math.isnan(row["test_mcc_std"]) else f"{text} ± {row['test_mcc_std']:.3f}"
+
+
+def render_markdown(rows: Sequence[dict]) -> str:
+    """Task x method Markdown table; the best mean of each task is bold."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {(r["task"], r["method"]): r for r in rows}
+    n = sorted({r["n_seeds"] for r in rows})
+    lines = [
+        "Test MCC of the dev-best trial per (task, method, seed); mean ± std over "
+        f"{'/'.join(map(str, n)) or 0} seed(s).",
+        "",
+        "| task | " + " | ".join(methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
+    for task in tasks:
+        best = max((by[(task, m)]["test_mcc_mean"] for m in methods if (task, m) in by), default=None)
+        cells = []
+        for m in methods:
+            text = _cell(by.get((task, m)))
+            cells.append(f"**{text}**" if (task, m) in by and by[(task, m)]["test_mcc_mean"] == best else text)
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    if methods and tasks:
+        means = []
+        for m in methods:
+            vals = [by[(t, m)]["test_mcc_mean"] for t in tasks if (t, m) in by]
+            means.append(f"{sum(vals) / len(vals):.3f}" if len(vals) == len(tasks) else "-")
+        lines.append("| *mean over tasks* | " + " | ".join(means) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)  # atomic on one filesystem: readers see the old file or the new one
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def plot_summary(rows: Sequence[dict], path: Path) -> None:
+    """Grouped bars: tasks on x, one bar per method, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: Ray workers and CI have no display
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {(r["task"], r["method"]): r for r in rows}
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(tasks) * max(len(methods), 1) * 0.5 + 2), 4.5))
+    for j, m in enumerate(methods):
+        xs = [i + (j - (len(methods) - 1) / 2) * width for i, t in enumerate(tasks) if (t, m) in by]
+        ys = [by[(t, m)]["test_mcc_mean"] for t in tasks if (t, m) in by]
+        err = [0.0 if math.isnan(by[(t, m)]["test_mcc_std"]) else by[(t, m)]["test_mcc_std"]
+               for t in tasks if (t, m) in by]
+        ax.bar(xs, ys, width, yerr=err, capsize=3, label=m)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_ylabel("test MCC (dev-selected)")
+    ax.set_title("Lingo: test MCC by task and method (mean ± std over seeds)")
+    ax.legend(fontsize="small", ncols=min(len(methods), 6))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+
+
+def write_summary(results: Sequence[dict], out_dir: str | Path, dev_key: str = "dev_mcc",
+                  mode: str = "max", echo: bool = True) -> dict[str, Path]:
+    """Write summary.md / summary.parquet / summary.png into out_dir; returns {"md", "parquet", "png"}.
+    ``echo`` prints the Markdown table (what `lingo tune` shows at the end of a sweep)."""
+    rows = summary_table(results, dev_key, mode)
+    if not rows:
+        raise ValueError(f"no result with finite {dev_key} and test_mcc among {len(results)} trial result(s)")
+    out = Path(out_dir)
+    text = render_markdown(rows)
+    schema = pa.schema([("task", pa.string()), ("method", pa.string()), ("n_seeds", pa.int64()),
+                        ("test_mcc_mean", pa.float64()), ("test_mcc_std", pa.float64()),
+                        ("dev_mcc_mean", pa.float64())])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    paths = {
+        "md": _atomic(out / "summary.md", lambda p: p.write_text(text)),
+        "parquet": _atomic(out / "summary.parquet", lambda p: pq.write_table(table, p)),
+        "png": _atomic(out / "summary.png", lambda p: plot_summary(rows, p)),
+    }
+    if echo:
+        print(text, end="")
+    return paths
