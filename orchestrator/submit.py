@@ -1,0 +1,160 @@
+"""`lingo submit JOB.yaml --address http://HEAD:8265 [key=value ...]`: hand a sweep to a Ray cluster.
+
+The job spec is validated here first (when the data is reachable), so a typo fails in a second instead
+of after an image pull. The repository is uploaded as the Ray Jobs ``working_dir`` and the entrypoint runs
+``lingo tune`` on the head node, joined to the cluster (``ray.address=auto``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # the dashboard of a local `ray start --head`
+# Never uploaded: the virtualenv and caches are machine-specific, runs/ holds results, .git is history.
+EXCLUDES = [".venv", ".git", "runs", ".cache", ".device", ".stage", "**/__pycache__", "*.pyc", "*.egg-info",
+            "benchmarks/results"]
+# The entrypoint calls the CLI through Python so it needs no installed console script and always runs
+# the uploaded code (cwd = working_dir comes first on sys.path).
+CLI = "from orchestrator.cli import main; raise SystemExit(main())"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def job_env(uses_gpu: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of the driver and, through Ray, of every trial worker."""
+    env = {
+        "MLFLOW_DISABLE_TELEMETRY": "true",  # clusters often have no egress; telemetry calls only stall
+        "TOKENIZERS_PARALLELISM": "false",  # HF tokenizers deadlock in forked Ray workers otherwise
+        "RAY_TRAIN_V2_ENABLED": "1",  # trial.py builds its TorchTrainer on the Train V2 API
+        "HF_HUB_OFFLINE": "1",  # the image bundles SmolLM2; no hub round-trips per trial
+    }
+    if not uses_gpu:
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would probe for CUDA and fail on CPU-only nodes
+    if os.environ.get("LINGO_DATA_ROOT"):
+        env["LINGO_DATA_ROOT"] = os.environ["LINGO_DATA_ROOT"]  # same mount path on the cluster
+    env.update(extra or {})
+    return env
+
+
+def runtime_env(uses_gpu: bool, extra_env: dict[str, str] | None = None,
+                working_dir: Path = REPO_ROOT) -> dict:
+    return {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": job_env(uses_gpu, extra_env)}
+
+
+def build_entrypoint(job_rel: str, overrides: Sequence[str]) -> str:
+    """Shell command Ray Jobs runs in the uploaded working_dir."""
+    extra = list(overrides)
+    if not any(o.startswith("ray.address=") for o in extra):
+        extra.append("ray.address=auto")  # join the cluster the entrypoint runs on, never a private Ray
+    return shlex.join(["python", "-c", CLI, "tune", job_rel, *extra])
+
+
+def prepare(job_path: str | Path, overrides: Sequence[str], validate: bool = True,
+            extra_env: dict[str, str] | None = None) -> tuple[str, dict]:
+    """(entrypoint, runtime_env) for a job file inside the repository."""
+    path = Path(job_path).resolve()
+    try:
+        rel = path.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        raise SystemExit(f"{job_path}: the job file must lie inside the repository ({REPO_ROOT}), which is "
+                         "what gets uploaded; copy it into jobs/") from None
+    uses_gpu = True
+    if validate:
+        from orchestrator.jobspec import load_job
+
+        job = load_job(path, list(overrides))  # JobSpecError names file + key path
+        uses_gpu = job.resources.gpus_per_worker > 0
+    else:
+        import yaml
+
+        raw = yaml.safe_load(path.read_text()) or {}
+        gpus = ((raw.get("resources") or {}).get("gpus_per_worker") or 0)
+        uses_gpu = any(o.startswith("resources.gpus_per_worker=") and o.split("=", 1)[1] not in ("0", "0.0")
+                       for o in overrides) or bool(gpus)
+    return build_entrypoint(rel, overrides), runtime_env(uses_gpu, extra_env)
+
+
+def submit(address: str, entrypoint: str, env: dict, submission_id: str | None = None,
+           metadata: dict[str, str] | None = None) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    return client.submit_job(entrypoint=entrypoint, runtime_env=env, submission_id=submission_id,
+                             metadata=metadata or {})
+
+
+def follow(address: str, job_id: str, out=sys.stdout, timeout_s: float | None = None) -> str:
+    """Stream the job's logs until it ends; returns its final status name."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            out.write(lines)
+            out.flush()
+
+    try:
+        asyncio.run(asyncio.wait_for(tail(), timeout_s))
+    except asyncio.TimeoutError:
+        pass
+    deadline = time.monotonic() + 30  # the log stream can close a moment before the status flips
+    status = str(client.get_job_status(job_id).value)
+    while status not in TERMINAL and time.monotonic() < deadline and timeout_s is None:
+        time.sleep(0.5)
+        status = str(client.get_job_status(job_id).value)
+    return status
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lingo submit", description=__doc__.splitlines()[0])
+    p.add_argument("job", help="job spec YAML inside the repository, e.g. jobs/gue_all.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value job-spec overrides, e.g. train.epochs=2")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS", DEFAULT_ADDRESS),
+                   help="Ray dashboard URL of the cluster (default: $RAY_ADDRESS or %(default)s)")
+    p.add_argument("--wait", action="store_true", help="stream the logs until the job ends; exit 1 unless it succeeds")
+    p.add_argument("--env", action="append", type=_env_pair, default=[], metavar="KEY=VALUE",
+                   help="extra environment variable for the driver and trials (repeatable)")
+    p.add_argument("--submission-id", default=None, help="job id to use (default: Ray picks raysubmit_...)")
+    p.add_argument("--no-validate", action="store_true",
+                   help="skip local validation (when the data only exists on the cluster)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from orchestrator.jobspec import JobSpecError
+
+    try:
+        entrypoint, env = prepare(args.job, args.overrides, validate=not args.no_validate, extra_env=dict(args.env))
+    except JobSpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    job_id = submit(args.address, entrypoint, env, args.submission_id, {"lingo_job": args.job})
+    print(f"submitted {job_id} to {args.address}\n"
+          f"  follow:  ray job logs --address {args.address} --follow {job_id}\n"
+          f"  status:  ray job status --address {args.address} {job_id}\n"
+          f"  stop:    ray job stop --address {args.address} {job_id}")
+    if not args.wait:
+        return 0
+    status = follow(args.address, job_id)
+    print(f"{job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
