@@ -69,3 +69,18 @@ def test_submit_trivial_job_succeeds(ray_head):
     out = io.StringIO()
     assert follow(ray_head, job_id, out=out) == "SUCCEEDED", out.getvalue()
     assert "lingo-ok cpu True" in out.getvalue()
+
+
+def test_infra_yaml_parses():
+    import yaml
+
+    files = sorted((REPO_ROOT / "infra").rglob("*.yaml"))
+    assert {f.name for f in files} >= {"raycluster.yaml", "rayjob.yaml", "k8s.yaml"}
+    for f in files:
+        docs = [d for d in yaml.safe_load_all(f.read_text()) if d is not None]
+        assert docs and all("kind" in d and "apiVersion" in d for d in docs), f
+    kinds = {d["kind"] for f in files for d in yaml.safe_load_all(f.read_text()) if d}
+    assert {"RayCluster", "RayJob", "Deployment", "Service"} <= kinds
+    rayjob = yaml.safe_load((REPO_ROOT / "infra/k8s/rayjob.yaml").read_text())
+    assert "jobs/gue_all.yaml" in rayjob["spec"]["entrypoint"]
+    assert (REPO_ROOT / "infra/docker/Dockerfile").read_text().count("--no-deps") >= 1
