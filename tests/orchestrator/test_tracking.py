@@ -1,0 +1,134 @@
+"""Tracking helpers on real MLflow stores: a sqlite file, and a real `mlflow server` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from orchestrator import tracking
+
+
+def _run_with_adapter(c, exp_id: str, parent: str, trial: str, tmp: Path) -> str:
+    run_id = tracking.find_or_create_child(c, exp_id, parent, trial, run_name=trial)
+    folder = tmp / trial / "adapter"
+    folder.mkdir(parents=True)
+    (folder / "lingo.json").write_text(json.dumps({"trial": trial}))
+    tracking.log_artifacts(c, run_id, [(folder, "adapter")])
+    return run_id
+
+
+def _store(tmp_path: Path):
+    uri = tracking.default_tracking_uri(tmp_path)
+    assert uri.startswith("sqlite:////")  # absolute: every process resolves the same file
+    c = tracking.client(uri)
+    exp = tracking.ensure_experiment(c, "exp", tracking.default_artifact_location(tmp_path))
+    return c, exp
+
+
+def test_champion_moves_only_on_improvement(tmp_path: Path) -> None:
+    c, exp = _store(tmp_path)
+    parent = tracking.start_parent_run(c, exp, "sweep")
+    a = _run_with_adapter(c, exp, parent, "a", tmp_path)
+    b = _run_with_adapter(c, exp, parent, "b", tmp_path)
+    d = _run_with_adapter(c, exp, parent, "d", tmp_path)
+    e = _run_with_adapter(c, exp, parent, "e", tmp_path)
+
+    r1 = tracking.register_best(c, "tf/0", a, 0.40, tags={"method": "ars"})
+    assert r1.name == "lingo-tf_0" and r1.champion and r1.previous_champion is None
+    r2 = tracking.register_best(c, "tf/0", b, 0.30)  # worse: registered, alias stays
+    assert not r2.champion and r2.previous_champion == r1.version
+    r3 = tracking.register_best(c, "tf/0", d, 0.40)  # tie: the incumbent keeps it
+    assert not r3.champion
+    assert str(c.get_model_version_by_alias("lingo-tf_0", "champion").version) == r1.version
+    r4 = tracking.register_best(c, "tf/0", e, 0.55)  # better: alias moves
+    assert r4.champion
+    champ = c.get_model_version_by_alias("lingo-tf_0", "champion")
+    assert str(champ.version) == r4.version and champ.run_id == e
+    assert "method" not in champ.tags and float(champ.tags["dev_mcc"]) == 0.55
+    assert len(c.search_model_versions("name='lingo-tf_0'")) == 4
+
+    # the registered source is the adapter folder itself; it downloads as such
+    import mlflow.artifacts
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=c.get_model_version_download_uri("lingo-tf_0", champ.version),
+                                                dst_path=str(tmp_path / "dl"), tracking_uri=tracking.default_tracking_uri(tmp_path))
+    assert '"e"' in (Path(local) / "lingo.json").read_text()
+
+
+def test_child_run_is_found_again_after_restart(tmp_path: Path) -> None:
+    c, exp = _store(tmp_path)
+    parent = tracking.start_parent_run(c, exp, "sweep")
+    first = tracking.find_or_create_child(c, exp, parent, "trial_1", run_name="x")
+    tracking.log_metrics(c, first, {"dev_mcc": 0.1, "dev_auroc": None, "cm": [[1]]}, step=4)
+    again = tracking.find_or_create_child(c, exp, parent, "trial_1", run_name="x")
+    other = tracking.find_or_create_child(c, exp, parent, "trial_2", run_name="y")
+    assert again == first and other != first
+    assert [r.info.run_id for r in tracking.child_runs(c, exp, parent)].count(first) == 1
+    assert set(c.get_run(first).data.metrics) == {"dev_mcc"}  # None and lists are not metrics
+    tracking.log_params(c, first, {"adapter": {"lora_r": 4}, "lr": 1e-3})
+    tracking.log_params(c, first, {"adapter": {"lora_r": 4}})  # same value again (resume): accepted
+    assert c.get_run(first).data.params["adapter.lora_r"] == "4"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    port = _free_port()
+    exe = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen(
+        [str(exe), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "server.log").open("w"), start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"mlflow server did not come up:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        import os
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)  # the server forks gunicorn/uvicorn workers: end the group
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_registry_against_a_real_server(mlflow_server: str, tmp_path: Path) -> None:
+    c = tracking.client(mlflow_server)
+    assert not tracking.is_local_store(mlflow_server)
+    exp = tracking.ensure_experiment(c, "server-exp", None)  # the server chooses artifact storage
+    assert tracking.ensure_experiment(c, "server-exp", None) == exp
+    parent = tracking.start_parent_run(c, exp, "sweep")
+    a = _run_with_adapter(c, exp, parent, "a", tmp_path)
+    b = _run_with_adapter(c, exp, parent, "b", tmp_path)
+    tracking.log_metrics(c, a, {"best_dev_mcc": 0.5}, step=1)
+    assert tracking.register_best(c, "EMP/H3", a, 0.5).champion
+    assert not tracking.register_best(c, "EMP/H3", b, 0.2).champion
+    champ = c.get_model_version_by_alias("lingo-EMP_H3", "champion")
+    assert champ.run_id == a
+    assert [f.path for f in c.list_artifacts(a, "adapter")] == ["adapter/lingo.json"]
