@@ -168,6 +168,17 @@ def _from_pretrained_kwargs(ref: BaseModelRef) -> dict:
     return {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
 
 
+def _gguf_dequantize_config() -> dict:
+    # transformers 5 keeps GGUF weights packed when a matmul kernel is installed and otherwise marks the
+    # de-quantised model as "quantized" (not trainable, not serialisable, .float() refused). Asking for
+    # dequantize explicitly gives a plain dense model either way. Older transformers always de-quantise.
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
 _TOKENIZER_CACHE: dict[tuple, PreTrainedTokenizerBase] = {}
 _TOKENIZER_LOCK = threading.Lock()
 
@@ -221,6 +232,12 @@ def load_classifier(ref: BaseModelRef, num_labels: int) -> PreTrainedModel:
             num_labels=num_labels,
             dtype=torch.float32,  # GGUF is de-quantised; train adapters in fp32 (mixed precision is the backend's job)
             **_from_pretrained_kwargs(ref),
+            **(_gguf_dequantize_config() if ref.gguf_file else {}),
+        )
+    if getattr(model, "hf_quantizer", None) is not None:
+        raise RuntimeError(
+            f"{ref.name} loaded as a quantized model ({model.hf_quantizer.quantization_config.quant_method}); "
+            "adapters need dense weights: upgrade transformers or convert the weights to safetensors"
         )
     model = model.float()  # transformers 5 may still materialise config.dtype (bf16) for some layers
     model.config.dtype = torch.float32
