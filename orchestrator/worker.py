@@ -1,53 +1,56 @@
-"""Ray Train worker: a DeepSpeed ZeRO implementation of `lingo_core.train.TrainBackend`, plus the
+"""Ray Train worker: a DeepSpeed ZeRO implementation of `lingo_core.train.TrainBackend`, and the
 per-worker function that runs `lingo_core.train.train` inside a Ray Train worker group.
 
 The backend keeps the lingo_core loop unchanged: the trainer calls backward/is_boundary/step per
 micro-batch and the rank controller reads full gradients and writes parameters through it. DeepSpeed
-owns the optimizer, the LR schedule, gradient accumulation and clipping.
+owns the optimizer step, the LR schedule, gradient accumulation and clipping.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
+import json
 import os
-from dataclasses import dataclass
+import signal
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-# bf16 is only turned on where the hardware runs it natively; CPU kernels are fp32 here.
-_BF16_ON_GPU = True
+from lingo_core.train.backend import linear_warmup_decay
 
-
-def _warmup_linear_decay(warmup_steps: int, total_steps: int):
-    """LR multiplier: linear warm-up to 1, then linear decay to 0 at total_steps (same shape as TorchBackend)."""
-
-    def fn(step: int) -> float:
-        if warmup_steps > 0 and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        remaining = max(total_steps - step, 0)
-        return remaining / max(total_steps - warmup_steps, 1)
-
-    return fn
+# Fault injection for the resume test: when set to a path, rank 0 SIGKILLs its own process right after
+# the first checkpoint it reports, once (the marker file makes the retry run through).
+KILL_ENV = "LINGO_FAULT_KILL_AFTER_CHECKPOINT"
 
 
 @dataclass
 class DeepSpeedSettings:
     zero_stage: int = 2  # ZeRO-2 shards optimizer state + grads; adapters are small, stage 3 rarely pays off
-    micro_batch_size: int = 8  # per worker; the trainer's batch size
-    grad_accum: int = 1  # trainer's accumulation; DeepSpeed must agree with the trainer loop
-    grad_clip: float = 1.0  # same clipping as TorchBackend so results compare across backends
+    micro_batch_size: int = 8  # per worker; must equal TrainConfig.batch_size (the trainer's micro-batch)
+    grad_accum: int = 1  # must equal TrainConfig.grad_accum: DeepSpeed decides the optimizer boundaries
+    max_grad_norm: float | None = 1.0  # TrainConfig's clip, so results compare across backends
+    bf16: bool | str = "auto"  # "auto": on iff this worker has a GPU with bf16 (CPU bf16 matmuls are slow)
+    offload_optimizer: bool = False  # CPU offload trades speed for memory; adapter optimizer states are tiny
+    offload_param: bool = False  # ZeRO-3 only; the frozen LM fits on one device here
+    config: dict = field(default_factory=dict)  # raw DeepSpeed entries merged last: an escape hatch
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0..3, got {self.zero_stage}")
 
+    @classmethod
+    def for_train(cls, cfg: Any, job_deepspeed: dict | None = None) -> DeepSpeedSettings:
+        """Settings of one trial: the job's `deepspeed` block + the TrainConfig's batch/accum/clip."""
+        return cls(micro_batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                   max_grad_norm=cfg.max_grad_norm, **dict(job_deepspeed or {}))
+
 
 class DeepSpeedBackend:
-    """TrainBackend over a DeepSpeed engine. Must be created inside an initialised process group
-    (Ray Train's TorchTrainer sets one up; DeepSpeed reuses it)."""
+    """TrainBackend over a DeepSpeed engine. Inside Ray Train it reuses the worker group's process group;
+    elsewhere it starts a 1-rank gloo group."""
 
     def __init__(self, settings: DeepSpeedSettings | None = None) -> None:
         import deepspeed
@@ -55,7 +58,6 @@ class DeepSpeedBackend:
 
         self.settings = settings or DeepSpeedSettings()
         if not dist.is_initialized():
-            # Single-process use (tests, `lingo train --backend deepspeed`): a 1-rank gloo group.
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
             os.environ.setdefault("RANK", "0")
@@ -64,65 +66,69 @@ class DeepSpeedBackend:
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            self.device = torch.device("cuda", local)
-            torch.cuda.set_device(self.device)
-        else:
-            self.device = torch.device("cpu")
+        self.device = _device()
         self.engine: Any = None
         self._params: list[nn.Parameter] = []
         self._names: dict[int, str] = {}
 
-    # -- set-up -------------------------------------------------------------------------------
+    # ---- set-up ------------------------------------------------------------------------------------------
     def ds_config(self) -> dict:
         s = self.settings
+        zero: dict[str, Any] = {"stage": s.zero_stage}
+        if s.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        if s.offload_param:
+            zero["offload_param"] = {"device": "cpu"}
         cfg: dict[str, Any] = {
             "train_micro_batch_size_per_gpu": s.micro_batch_size,
             "gradient_accumulation_steps": s.grad_accum,
-            "gradient_clipping": s.grad_clip,
-            "zero_optimization": {"stage": s.zero_stage},
-            # We hand DeepSpeed a plain torch AdamW (no fused CPU/GPU Adam op to compile or match).
+            "gradient_clipping": float(s.max_grad_norm or 0.0),  # 0 disables clipping in DeepSpeed
+            "zero_optimization": zero,
+            # A plain torch AdamW (the same optimizer as TorchBackend; no fused op to build or match).
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 10**9,  # the trainer logs; DeepSpeed's own step prints are noise
-            "wall_clock_breakdown": False,
         }
-        if _BF16_ON_GPU and self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+        gpu_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        if s.bf16 is True or (s.bf16 == "auto" and gpu_bf16):
             cfg["bf16"] = {"enabled": True}
-        return cfg
+        return _merge(cfg, s.config)
 
-    def prepare(
-        self,
-        model: nn.Module,
-        params: list[nn.Parameter] | None = None,
-        *,
-        lr: float = 1e-3,  # only used when called outside the trainer (tests)
-        weight_decay: float = 0.0,  # adapters: decay is off by default in TorchBackend too
-        warmup_steps: int = 0,
-        total_steps: int = 1,
-    ) -> nn.Module:
+    def prepare(self, model: nn.Module, params: list[nn.Parameter] | None = None, *, lr: float,
+                weight_decay: float, warmup_steps: int, total_steps: int) -> nn.Module:
         import deepspeed
 
         model.to(self.device)
         self._params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+        if not self._params:
+            raise ValueError("model has no trainable parameters; check the adapter method")
         ids = {id(p) for p in self._params}
         self._names = {id(p): n for n, p in model.named_parameters() if id(p) in ids}
-        optimizer = torch.optim.AdamW(self._params, lr=lr, weight_decay=weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_linear_decay(warmup_steps, total_steps))
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            optimizer=optimizer,
-            lr_scheduler=scheduler,
-            model_parameters=self._params,
-            config=self.ds_config(),
-            dist_init_required=False,
-        )
+        # As TorchBackend: no decay on biases / norm weights; foreach=False for grouping-independent numerics.
+        decay = [p for p in self._params if p.ndim >= 2]
+        no_decay = [p for p in self._params if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups, lr=lr, foreach=False)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup_steps, total_steps))
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                    config=self.ds_config(), dist_init_required=False)
         return self.engine
 
-    # -- loop ---------------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # bf16 DeepSpeed casts the module itself; fp32 otherwise
+
+    def gathered(self) -> contextlib.AbstractContextManager:
+        """Whole parameters in the raw model (ZeRO-3); collective, so every rank enters it."""
+        import deepspeed
+
+        if self.settings.zero_stage == 3 and self.engine is not None:
+            return deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()))
+        return contextlib.nullcontext()
+
+    # ---- the step ----------------------------------------------------------------------------------------
     def backward(self, loss: torch.Tensor) -> None:
-        # DeepSpeed scales by 1/grad_accum itself, so the loss goes in un-scaled.
-        self.engine.backward(loss)
+        self.engine.backward(loss)  # DeepSpeed divides by grad_accum itself: the loss goes in un-scaled
 
     def is_boundary(self) -> bool:
         return bool(self.engine.is_gradient_accumulation_boundary())
@@ -131,16 +137,16 @@ class DeepSpeedBackend:
         self.engine.step()
 
     def full_grad(self, p: nn.Parameter) -> torch.Tensor | None:
-        # Collective under ZeRO (all ranks must ask for the same parameters in the same order);
-        # the RankController does, because its decisions are identical on every rank.
+        """Collective under ZeRO-2/3: every rank must ask for the same parameters in the same order,
+        which the RankController does (its decisions are identical on every rank)."""
         from deepspeed.utils import safe_get_full_grad
 
         g = safe_get_full_grad(p)
         return None if g is None else g.detach()
 
     def write_param_(self, p: nn.Parameter, value: torch.Tensor) -> None:
-        """Write both copies: the module parameter (used by the next forward) and the fp32 master
-        partition (copied back into the module after the next optimizer step)."""
+        """Write both copies: the module parameter (read by the next forward) and the fp32 master
+        partition (copied back over the module parameter after every optimizer step)."""
         import deepspeed
         from deepspeed.utils import safe_set_full_fp32_param
 
@@ -157,39 +163,48 @@ class DeepSpeedBackend:
     def current_lr(self) -> float:
         return float(self.engine.get_lr()[0])
 
-    # -- state --------------------------------------------------------------------------------
+    # ---- state ---------------------------------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
         import deepspeed
 
         out: dict[str, torch.Tensor] = {}
         for p in self._params:
-            name = self._names[id(p)]
-            if hasattr(p, "ds_id"):
-                with deepspeed.zero.GatheredParameters([p]):
-                    out[name] = p.data.detach().float().cpu().clone()
-            else:
-                out[name] = p.data.detach().float().cpu().clone()
+            with deepspeed.zero.GatheredParameters([p], enabled=hasattr(p, "ds_id")):
+                out[self._names[id(p)]] = p.data.detach().float().cpu().clone()
         return out
 
     def load_trainable_state(self, sd: dict[str, torch.Tensor]) -> None:
         by_name = {self._names[id(p)]: p for p in self._params}
-        missing = [k for k in by_name if k not in sd]
-        if missing:
-            raise KeyError(f"trainable state lacks {len(missing)} parameters, e.g. {missing[:3]}")
+        missing = sorted(set(by_name) - set(sd))
+        unexpected = sorted(set(sd) - set(by_name))
+        if missing or unexpected:
+            raise ValueError(f"trainable state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
         for name, p in by_name.items():
             self.write_param_(p, sd[name])
 
     def save_checkpoint(self, path: str | Path) -> None:
-        # Every rank calls this: each writes its own optimizer/master-weight shards. The tag must not
-        # be "latest", which is the name of DeepSpeed's pointer file in the same folder.
+        """Every rank calls this and writes its own optimizer / master-weight shards. The tag must not be
+        "latest", the name of DeepSpeed's pointer file in the same folder. Frozen base weights are not
+        saved: they come from the base model."""
         step = int(self.engine.global_steps)
         self.engine.save_checkpoint(str(path), tag=f"step{step}", exclude_frozen_parameters=True)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        # Frozen base weights are not in the checkpoint (they come from the base model), hence non-strict.
+        # Non-strict: the checkpoint holds only the trainable parameters (see save_checkpoint).
         load_path, _ = self.engine.load_checkpoint(str(path), load_module_strict=False)
         if load_path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {path}")
+
+
+def _device() -> torch.device:
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    try:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()  # Ray sets CUDA_VISIBLE_DEVICES per worker
+    except Exception:  # outside a Ray Train worker
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def _free_port() -> int:
@@ -200,5 +215,157 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _nan_to_none(x: float) -> float | None:
-    return None if isinstance(x, float) and math.isnan(x) else x
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# =========================================================================================== Ray Train side
+
+
+class RayTrainHooks:
+    """TrainHooks for a Ray Train worker: dev evaluations (+ checkpoints) go to Ray Train -> Tune on every
+    rank (report is a barrier); MLflow logging happens on rank 0 only."""
+
+    def __init__(self, rank: int, local_rank: int, logger: _RunLogger | None, rank_method: bool) -> None:
+        self.rank, self.local_rank, self.logger, self.rank_method = rank, local_rank, logger, rank_method
+        self.reports = 0
+
+    def on_log(self, step: int, logs: dict) -> None:
+        # Metrics only, and only to MLflow: a Tune result without dev_mcc would fail Tune's metric
+        # check and count as an ASHA rung, and each ray.train.report is a barrier over all workers.
+        if self.logger is None:
+            return
+        m = {"loss": logs.get("loss"), "lr": logs.get("lr"), "epoch": logs.get("epoch")}
+        if self.rank_method:
+            m.update(rank_budget=logs.get("budget"), active_ranks=logs.get("active_ranks"),
+                     regrown=logs.get("regrown"), dropped=logs.get("dropped"))
+        self.logger.metrics(m, step)
+
+    def on_evaluate(self, event: Any) -> None:
+        import ray.train
+
+        metrics = {k: v for k, v in event.metrics.items() if v is not None}
+        metrics.update(step=event.step, epoch=event.epoch, is_best=int(event.is_best))
+        if self.logger is not None:
+            self.logger.metrics({**metrics, "dev_is_best": int(event.is_best)}, event.step)
+        checkpoint = None
+        local = _local_checkpoint_dir(event.checkpoint_dir) if self.local_rank == 0 else None
+        if local is not None:
+            # One uploader per node: that node's folder holds the shards of all its ranks, and two
+            # ranks copying the same files into the same destination would race.
+            checkpoint = ray.train.Checkpoint.from_directory(str(local))
+        ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=False)
+        self.reports += 1
+        marker = os.environ.get(KILL_ENV)
+        if marker and self.rank == 0 and event.checkpoint_dir is not None and not Path(marker).exists():
+            Path(marker).write_text(f"killed pid {os.getpid()} after step {event.step}\n")
+            os.kill(os.getpid(), signal.SIGKILL)  # a real process death, not an exception
+
+
+def _local_checkpoint_dir(path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        return path
+    tmp = path.with_name(f".tmp-{path.name}")  # ranks on other nodes: the trainer renames on rank 0 only
+    return tmp if tmp.is_dir() else None
+
+
+class _RunLogger:
+    """Rank 0's view of the trial's MLflow child run (created by the trial driver)."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        from orchestrator import tracking
+
+        self.t, self.run_id = tracking, run_id
+        self.c = tracking.client(tracking_uri)
+
+    def params(self, params: dict) -> None:
+        self.t.log_params(self.c, self.run_id, params)
+
+    def metrics(self, metrics: dict, step: int) -> None:
+        self.t.log_metrics(self.c, self.run_id, metrics, step)
+
+    def tags(self, tags: dict) -> None:
+        self.t.set_tags(self.c, self.run_id, tags)
+
+    def artifacts(self, pairs: list[tuple[Path, str | None]]) -> None:
+        self.t.log_artifacts(self.c, self.run_id, pairs)
+
+    def finish(self, status: str) -> None:
+        self.c.set_terminated(self.run_id, status)
+
+
+def _log_result(logger: _RunLogger, result: Any, out_dir: Path) -> None:
+    """Final metrics of the dev-selected weights, model identity, and the artifacts."""
+    from lingo_core.plots import confusion_matrix_png, rank_heatmap
+
+    logger.metrics({**{f"test_{k}": v for k, v in result.test_metrics.items()},
+                    **{f"best_dev_{k}": v for k, v in result.dev_metrics.items()},
+                    "best_step": result.best_step, "total_steps": result.total_steps,
+                    "trainable_params": result.trainable_params, "trainable_fraction": result.trainable_fraction,
+                    "num_test_evals": result.num_test_evals, "wall_time_s": result.wall_time_s},
+                   result.total_steps)
+    logger.tags({f"base_model.{k}": v for k, v in result.model_identity.items() if v is not None})
+    plots = out_dir / "plots"
+    pairs: list[tuple[Path, str | None]] = []
+    if result.artifact_dir is not None:
+        pairs.append((Path(result.artifact_dir), "adapter"))
+    cm = result.test_metrics.get("confusion_matrix")
+    if cm is not None:
+        pairs.append((confusion_matrix_png(cm, result.label_names, plots / "confusion_matrix.png"), "plots"))
+    if result.rank_pattern:
+        pairs.append((rank_heatmap(result.rank_pattern, plots / "rank_heatmap.png",
+                                   title=f"{result.task} {result.method}: kept ranks"), "plots"))
+    summary = {k: v for k, v in result.to_dict().items() if k != "test_predictions"}
+    (out_dir / "result.json").write_text(json.dumps(summary, indent=1, default=str))
+    pairs.append((out_dir / "result.json", None))
+    logger.artifacts(pairs)
+
+
+def train_worker_fn(config: dict) -> None:
+    """Ray Train per-worker function. config: {"train": TrainConfig dict, "deepspeed": job deepspeed
+    block, "mlflow": {"tracking_uri", "run_id"} | None, "trial": {...} (logged as params)}."""
+    import ray.train
+
+    from lingo_core.train import TrainConfig, TrainHooks, train
+    from lingo_core.tuners.config import RANK_METHODS
+
+    cfg = TrainConfig.from_dict(config["train"])
+    ctx = ray.train.get_context()
+    rank, local_rank = ctx.get_world_rank(), ctx.get_local_rank()
+    backend = DeepSpeedBackend(DeepSpeedSettings.for_train(cfg, config.get("deepspeed")))
+    ml = config.get("mlflow") or None
+    logger = _RunLogger(ml["tracking_uri"], ml["run_id"]) if ml and rank == 0 else None
+    hooks = RayTrainHooks(rank, local_rank, logger, cfg.adapter.method in RANK_METHODS)
+
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as resume_dir:
+        resumed_step = 0
+        if resume_dir is not None:
+            resumed_step = int(json.loads((Path(resume_dir) / "trainer_state.json").read_text())["step"])
+        if logger is not None:
+            logger.params({**config.get("trial", {}), "train": cfg.to_dict(), "world_size": backend.world_size,
+                           "deepspeed": {"zero_stage": backend.settings.zero_stage}})
+            if resume_dir is not None:
+                logger.metrics({"resumed_from_step": resumed_step}, resumed_step)
+                logger.tags({"lingo.resumed_from_step": resumed_step})
+        try:
+            result = train(cfg, backend, TrainHooks(on_log=hooks.on_log, on_evaluate=hooks.on_evaluate),
+                           resume_from=Path(resume_dir) if resume_dir is not None else None)
+        except BaseException:
+            if logger is not None:
+                logger.tags({"lingo.error_rank0": "train() raised; see the Ray trial log"})
+            raise
+    final = {"dev_mcc": result.dev_metrics.get("mcc"), "test_mcc": result.test_metrics.get("mcc"),
+             "best_step": result.best_step, "step": result.total_steps, "resumed_from_step": resumed_step,
+             "final": 1}
+    if logger is not None:
+        _log_result(logger, result, Path(cfg.output_dir))
+        logger.finish("FINISHED")
+    # Last result of the trial: the dev-selected dev MCC and its test MCC (what the sweep summarises).
+    ray.train.report({k: v for k, v in final.items() if v is not None})

@@ -59,7 +59,8 @@ def _backend(stage: int, lr: float):
     from orchestrator.worker import DeepSpeedBackend, DeepSpeedSettings
 
     b = DeepSpeedBackend(DeepSpeedSettings(zero_stage=stage, micro_batch_size=4, grad_accum=1))
-    engine = b.prepare(_model(), lr=lr, warmup_steps=0, total_steps=100)
+    # weight_decay 0: the lr=0 cases need steps that leave parameters exactly unchanged
+    engine = b.prepare(_model(), lr=lr, weight_decay=0.0, warmup_steps=0, total_steps=100)
     return b, engine
 
 
