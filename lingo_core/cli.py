@@ -1,0 +1,197 @@
+"""`lingo train`: flags are generated from TrainConfig (and its nested AdapterSettings), so the dataclass
+IS the CLI. Three layers, later wins: defaults < --config FILE (YAML/JSON) < --flags < key=value.
+
+  lingo train --task prom_core_tata --method ars --epochs 1 --max-train-samples 512 --adapter.target_r 4
+  lingo train task=tf/0 adapter.method=lora lr=3e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import sys
+import textwrap
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from lingo_core.train.config import TrainConfig
+from lingo_core.tuners.config import AdapterSettings
+
+_SHORTCUTS = {"method": "adapter.method"}  # the one adapter knob everybody sets: allow plain --method
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal under each field) as help texts."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _fields() -> dict[str, tuple[Any, Any, str]]:
+    """Dotted key -> (type, default, help) for every TrainConfig / AdapterSettings field."""
+    out: dict[str, tuple[Any, Any, str]] = {}
+    for cls, prefix in ((TrainConfig, ""), (AdapterSettings, "adapter.")):
+        hints, docs, inst = typing.get_type_hints(cls), _field_docs(cls), cls()
+        for f in dataclasses.fields(cls):
+            if f.name == "adapter" and cls is TrainConfig:
+                continue
+            out[prefix + f.name] = (hints[f.name], getattr(inst, f.name), docs.get(f.name, ""))
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    base = args[0] if _is_optional(tp) and len(args) == 1 else tp
+    name = "list" if typing.get_origin(base) is list else getattr(base, "__name__", str(base))
+    return f"{name} or none" if _is_optional(tp) else name
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def convert(key: str, raw: Any, tp: Any) -> Any:
+    """Turn a CLI string into the field's type; raises ValueError naming key, value and expectation."""
+    if not isinstance(raw, str):
+        return raw  # values from a YAML/JSON file are typed already; TrainConfig validates them
+    if _is_optional(tp):
+        if raw.strip().lower() in ("none", "null", ""):
+            return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    try:
+        if tp is bool:
+            low = raw.strip().lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            return int(raw)
+        if tp is float:
+            return float(raw)
+        if typing.get_origin(tp) is list:
+            return [x.strip() for x in raw.split(",") if x.strip()]
+        return raw
+    except ValueError:
+        raise ValueError(f"{key}={raw!r}: expected {_type_name(tp)}") from None
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            out.setdefault(head, {})[rest] = value
+        else:
+            out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lingo train",
+        usage="%(prog)s [--config FILE] [--FIELD VALUE ...] [--adapter.FIELD VALUE ...] [key=value ...]",
+        description="Fine-tune an LM on one GUE task with an adapter; writes the adapter folder, plots and "
+        "metrics.json into --output-dir.",
+        epilog="Any field may also be given as key=value (e.g. adapter.target_r=4). 'none' sets an optional "
+        "field to None; lists are comma-separated.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", metavar="FILE", help="YAML or JSON file with TrainConfig fields (nested 'adapter:')")
+    for key, (tp, default, doc) in _fields().items():
+        flags = {f"--{key}", f"--{key.replace('_', '-')}"}
+        flags |= {f"--{s}" for s, target in _SHORTCUTS.items() if target == key}
+        p.add_argument(*sorted(flags), dest=key, metavar=_type_name(tp).upper().replace(" ", "_"),
+                       help=f"{doc} (default: {default})".strip())
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="torchtune-style overrides, applied last")
+    return p
+
+
+def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
+    """argv -> validated TrainConfig; any bad key or value exits with one clear argparse error."""
+    parser = build_parser()
+    ns = vars(parser.parse_args(argv))
+    fields = _fields()
+    flat: dict[str, Any] = {}
+    try:
+        if "config" in ns:
+            path = Path(ns.pop("config"))
+            text = path.read_text()
+            loaded = json.loads(text) if path.suffix == ".json" else _yaml(text)
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: expected a mapping of TrainConfig fields")
+            for k, v in loaded.items():
+                if k == "adapter" and isinstance(v, dict):
+                    flat.update({f"adapter.{ak}": av for ak, av in v.items()})
+                else:
+                    flat[k] = v
+        overrides = ns.pop("overrides", [])
+        flat.update(ns)
+        for item in overrides:
+            key, eq, value = item.partition("=")
+            key = _SHORTCUTS.get(key.strip(), key.strip()).replace("-", "_")
+            if not eq or not key:
+                raise ValueError(f"override {item!r}: expected key=value, e.g. adapter.target_r=4")
+            flat[key] = value
+        for key in list(flat):
+            if key not in fields:
+                raise ValueError(f"unknown key {key!r}; valid keys: {', '.join(fields)}")
+            flat[key] = convert(key, flat[key], fields[key][0])
+        return TrainConfig.from_dict(_nest(flat))
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
+        raise  # unreachable: parser.error exits
+
+
+def _yaml(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def summary_line(result) -> str:
+    dev, test = result.dev_metrics, result.test_metrics
+    return (
+        f"{result.task} [{result.method}] dev_mcc={dev.get('mcc', float('nan')):.4f} "
+        f"test_mcc={test['mcc']:.4f} test_acc={test['accuracy']:.4f} best_step={result.best_step}/"
+        f"{result.total_steps} trainable={100 * result.trainable_fraction:.2f}% "
+        f"time={result.wall_time_s:.0f}s -> {result.artifact_dir}"
+    )
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """Entry point of `lingo train` / `python -m lingo_core train`."""
+    from lingo_core.plots import confusion_matrix_png, rank_heatmap
+    from lingo_core.train.trainer import train
+
+    cfg = parse_train_args(argv)
+    result = train(cfg)
+    out = Path(cfg.output_dir)
+    report = result.to_dict()
+    predictions = report.pop("test_predictions")
+    (out / "metrics.json").write_text(json.dumps(report, indent=1))
+    (out / "test_predictions.json").write_text(json.dumps(predictions))
+    confusion_matrix_png(result.test_metrics["confusion_matrix"], result.label_names, out / "confusion_matrix.png",
+                         title=f"{result.task} [{result.method}] test")
+    if result.rank_pattern:
+        rank_heatmap(result.rank_pattern, out / "rank_heatmap.png", title=f"{result.task} [{result.method}] final rank")
+    print(summary_line(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(train_main())
