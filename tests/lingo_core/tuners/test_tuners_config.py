@@ -1,0 +1,106 @@
+"""AdapterSettings validation, the schedule check, rank budget defaults, target-module errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lingo_core.data.task import TaskSpec
+from lingo_core.tuners import AdapterSettings, ARSConfig, build_model, default_rank_budget, resolve_ranks
+
+
+def test_defaults_are_valid():
+    s = AdapterSettings()
+    assert s.method == "ars" and s.deltaT == 1
+    assert s.validate_schedule(100) == (10, 20)  # 10% warm-up, 20% final phase
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragments"),
+    [
+        ({"method": "dora"}, ["method", "'dora'", "ars, lora, adalora, prefix, full, probe"]),
+        ({"init_r": -1}, ["init_r", "-1", "positive integer"]),
+        ({"target_r": 0}, ["target_r", "0", "positive integer"]),
+        ({"init_r": 4, "target_r": 8}, ["target_r (8) > init_r (4)"]),
+        ({"p_regrow": 1.5}, ["p_regrow", "1.5", "[0, 1]"]),
+        ({"p_drop": -0.1}, ["p_drop", "-0.1", "[0, 1]"]),
+        ({"sampling": "gumbel"}, ["sampling", "'gumbel'", "uniform, importance"]),
+        ({"tinit": -1}, ["tinit", "-1", ">= 0"]),
+        ({"tfinal": -3}, ["tfinal", "-3", ">= 0"]),
+        ({"deltaT": 0}, ["deltaT", "0", ">= 1"]),
+        ({"beta1": 1.0}, ["beta1", "(0, 1)"]),
+        ({"lora_dropout": 1.0}, ["lora_dropout", "[0, 1)"]),
+        ({"target_modules": []}, ["target_modules", "non-empty"]),
+    ],
+)
+def test_bad_settings_name_field_value_and_expectation(kwargs, fragments):
+    with pytest.raises(ValueError) as err:
+        AdapterSettings(**kwargs)
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_target_modules_accepts_comma_string():
+    assert AdapterSettings(target_modules="q_proj, v_proj").target_modules == ["q_proj", "v_proj"]
+
+
+def test_schedule_without_decay_phase_is_rejected():
+    with pytest.raises(ValueError) as err:
+        AdapterSettings(tinit=30, tfinal=80).validate_schedule(100)
+    msg = str(err.value)
+    assert "tinit (30)" in msg and "tfinal (80)" in msg and "total_steps (100)" in msg
+    with pytest.raises(ValueError, match=r"tinit \(5\) \+ tfinal \(5\) = 10 >= total_steps \(10\)"):
+        AdapterSettings(tinit=5, tfinal=5).validate_schedule(10)
+    with pytest.raises(ValueError, match="total_steps"):
+        AdapterSettings().validate_schedule(0)
+
+
+def test_build_model_checks_schedule(make_base):
+    with pytest.raises(ValueError, match=r"tinit \(6\) \+ tfinal \(4\) = 10 >= total_steps \(10\)"):
+        build_model(make_base(), AdapterSettings(init_r=4, target_r=2, tinit=6, tfinal=4), 10, 0)
+
+
+@pytest.mark.parametrize("method", ["ars", "lora", "adalora"])
+def test_unknown_target_module_lists_model_linears(make_base, method):
+    settings = AdapterSettings(method=method, init_r=4, target_r=2, target_modules=["q_proj", "qkv"])
+    with pytest.raises(ValueError) as err:
+        build_model(make_base(), settings, 40, 0)
+    msg = str(err.value)
+    assert "['qkv']" in msg and "target_modules" in msg
+    for linear in ("down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"):
+        assert linear in msg
+
+
+def test_ars_config_validates_its_own_fields():
+    with pytest.raises(ValueError, match=r"ARSConfig.p_drop: got 2"):
+        ARSConfig(total_step=10, p_drop=2.0)
+    with pytest.raises(ValueError, match=r"ARSConfig.sampling: unknown mode 'topk'"):
+        ARSConfig(total_step=10, sampling="topk")
+
+
+def _task(train_rows: int | None) -> TaskSpec:
+    sizes = {"train": train_rows} if train_rows is not None else None
+    return TaskSpec(name="t", path=Path("."), num_labels=2, label_names=("a", "b"), seq_len_bp=70,
+                    description="promoter", sizes=sizes)
+
+
+@pytest.mark.parametrize(("n_train", "expected"), [(0, (8, 2)), (4_999, (8, 2)), (5_000, (8, 4)),
+                                                   (29_999, (8, 4)), (30_000, (8, 6)), (10**6, (8, 6))])
+def test_default_rank_budget_tiers(n_train, expected):
+    assert default_rank_budget(_task(None), n_train) == expected
+
+
+def test_default_rank_budget_uses_task_sizes_or_says_what_is_missing():
+    assert default_rank_budget(_task(40_000), None) == (8, 6)
+    with pytest.raises(ValueError, match="n_train is None"):
+        default_rank_budget(_task(None), None)
+
+
+def test_resolve_ranks_fills_only_unset_ranks():
+    filled = resolve_ranks(AdapterSettings(), _task(None), 1_000)
+    assert (filled.init_r, filled.target_r) == (8, 2)
+    assert resolve_ranks(AdapterSettings(init_r=3), None, 50_000).target_r == 3  # capped at init_r
+    assert resolve_ranks(AdapterSettings(target_r=12), None, 100).init_r == 12  # init raised to target
+    kept = resolve_ranks(AdapterSettings(init_r=6, target_r=1), None, 100)
+    assert (kept.init_r, kept.target_r) == (6, 1)
