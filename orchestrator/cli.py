@@ -1,0 +1,84 @@
+"""The `lingo` console script.
+
+  lingo data report [...]                       rows, balance and token lengths of the GUE tasks
+  lingo train [...]                             one task, one method, one process (no Ray)
+  lingo tune JOB.yaml [key=value ...] [--resume] [--address ADDR] [--dry-run]
+  lingo submit JOB.yaml [key=value ...] --address http://HEAD:8265
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+USAGE = __doc__.split("\n\n", 1)[1]
+
+
+def tune_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lingo tune", description="Run a multi-task tuning sweep on Ray.")
+    p.add_argument("job", help="job spec YAML, e.g. jobs/default.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value job-spec overrides, e.g. train.epochs=2 seeds=[0,1]")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this job")
+    p.add_argument("--address", default=None,
+                   help="join this Ray cluster (auto, ray://host:10001) instead of starting a local Ray")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the trials; start nothing")
+    return p
+
+
+def tune_main(argv: Sequence[str]) -> int:
+    from orchestrator.jobspec import JobSpecError, load_job
+
+    args = tune_parser().parse_args(list(argv))
+    try:
+        job = load_job(args.job, args.overrides)  # every spec problem surfaces here, before Ray starts
+    except JobSpecError as e:
+        print(f"lingo tune: error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        from orchestrator.jobspec import resolve_tasks
+        from orchestrator.search import describe_trials, format_trials
+
+        rows = describe_trials(job, resolve_tasks(job))
+        print(format_trials(rows))
+        print(f"{len(rows)} trial(s); output {job.output_dir}; MLflow {job.tracking_uri}")
+        return 0
+    from orchestrator.sweep import SweepError, run_sweep
+
+    try:
+        result = run_sweep(job, resume=args.resume, address=args.address)
+    except SweepError as e:
+        print(f"lingo tune: error: {e}", file=sys.stderr)
+        return 2
+    return 1 if result.errors else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage:\n{USAGE}")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "tune":
+        return tune_main(rest)
+    if command == "train":
+        from lingo_core.cli import train_main
+
+        return train_main(rest)
+    if command == "submit":
+        from orchestrator.submit import main as submit_main
+
+        return submit_main(rest)
+    if command == "data":
+        if not rest or rest[0] != "report":
+            print("usage: lingo data report [--help | options]", file=sys.stderr)
+            return 2
+        from lingo_core.data.report import main as report_main
+
+        return report_main(rest[1:])
+    print(f"lingo: unknown command {command!r}\nusage:\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""A whole sweep: Ray (local or a cluster), one MLflow parent run, a Tune run over task x method x
+hyperparameters x seed, then per task the dev-best adapter is registered (`lingo-<task>`, `champion`
+alias only on improvement) and the summary table is written and logged to the parent run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator import tracking
+from orchestrator.jobspec import JobSpec
+from orchestrator.trial import TRIAL_CPU, SweepContext, run_trial
+
+# Environment every Ray worker needs, forwarded from the driver when set (defaults below otherwise).
+FORWARD_ENV = ("LINGO_DATA_ROOT", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HOME", "HF_HUB_OFFLINE",
+               "TOKENIZERS_PARALLELISM", "MLFLOW_DISABLE_TELEMETRY", "RAY_TRAIN_V2_ENABLED",
+               "LINGO_FAULT_KILL_AFTER_CHECKPOINT", "OMP_NUM_THREADS")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STATE_FILE = "sweep.json"  # parent run id of the sweep in its output folder: `--resume` continues that run
+
+
+class SweepError(RuntimeError):
+    """A sweep-level problem with a message for the user (e.g. nothing to resume)."""
+
+
+@dataclass
+class SweepResult:
+    name: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    output_dir: Path
+    trials: list[dict] = field(default_factory=list)  # task, method, seed, run_id, status, dev_mcc, test_mcc
+    registrations: dict[str, tracking.Registration] = field(default_factory=dict)  # task -> registration
+    summary: dict[str, Path] = field(default_factory=dict)  # md / parquet / png
+    errors: int = 0  # trials that ended in an error
+
+
+def worker_env(job: JobSpec) -> dict[str, str]:
+    env = {
+        "RAY_TRAIN_V2_ENABLED": "1",  # trial.py builds its TorchTrainer on the Train V2 API
+        "TOKENIZERS_PARALLELISM": "false",  # HF tokenizers deadlock in forked Ray workers otherwise
+        "MLFLOW_DISABLE_TELEMETRY": "true",  # no egress; telemetry calls would only stall
+        "HF_HUB_OFFLINE": "1",  # models are local (bundled SmolLM2 / folders); fail fast, never hang
+        # DeepSpeed compiles a small C++ op on first use (20-40 s); a shared cache makes that once.
+        "TORCH_EXTENSIONS_DIR": str(REPO_ROOT / ".cache" / "torch_extensions"),
+    }
+    if job.resources.gpus_per_worker == 0:
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would probe for CUDA otherwise
+    env.update({k: os.environ[k] for k in FORWARD_ENV if os.environ.get(k)})
+    return env
+
+
+def _init_ray(job: JobSpec, address: str | None) -> bool:
+    """Start or join Ray; True when this call started a local Ray (so the sweep shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    runtime_env = {"env_vars": worker_env(job)}
+    address = address or job.ray.address
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return True
+    ray.init(num_cpus=job.ray.num_cpus or os.cpu_count(), num_gpus=job.ray.num_gpus,
+             runtime_env=runtime_env, include_dashboard=False)
+    return True
+
+
+def _tracking(job: JobSpec, resume: bool) -> tuple[str, str, str]:
+    out = Path(job.output_dir)
+    uri = job.tracking_uri
+    c = tracking.client(uri)
+    artifacts = tracking.default_artifact_location(out) if tracking.is_local_store(uri) else None
+    exp = tracking.ensure_experiment(c, job.mlflow.experiment or job.name, artifacts)
+    state = out / STATE_FILE
+    if resume and state.is_file():
+        parent = json.loads(state.read_text())["parent_run_id"]
+        c.update_run(parent, status="RUNNING")
+        return uri, exp, parent
+    parent = tracking.start_parent_run(c, exp, job.name, tags={"lingo.tasks": ",".join(job.tasks),
+                                                                "lingo.methods": ",".join(job.methods)})
+    tracking.log_params(c, parent, {k: v for k, v in job.to_dict().items() if k not in ("search", "budgets")})
+    (out / "job.json").write_text(json.dumps(job.to_dict(), indent=1, default=str))
+    tracking.log_artifacts(c, parent, [(out / "job.json", None)])
+    state.write_text(json.dumps({"parent_run_id": parent, "experiment_id": exp, "tracking_uri": uri}))
+    return uri, exp, parent
+
+
+def _scheduler(job: JobSpec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = job.scheduler
+    if s.type == "fifo":
+        return FIFOScheduler()
+    # time_attr = training_iteration: one Tune result per dev evaluation (the worker reports nothing else)
+    return ASHAScheduler(time_attr="training_iteration", grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor, max_t=s.max_t)
+
+
+def _reporter():
+    from ray.tune import CLIReporter
+
+    return CLIReporter(
+        parameter_columns={"cell/task": "task", "cell/method": "method", "cell/seed": "seed"},
+        metric_columns={"training_iteration": "evals", "step": "step", "dev_mcc": "dev_mcc",
+                        "test_mcc": "test_mcc"},
+        max_report_frequency=30,  # a table every 30 s: readable on a console, still live
+    )
+
+
+def _tuner(job: JobSpec, ctx: SweepContext, resume: bool):
+    from ray import tune
+
+    from orchestrator.jobspec import resolve_tasks
+    from orchestrator.search import build_param_space
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": TRIAL_CPU})
+    space = build_param_space(job, resolve_tasks(job))
+    path = str(Path(job.storage_path) / job.name) if "://" not in job.storage_path else f"{job.storage_path}/{job.name}"
+    if resume:
+        if not tune.Tuner.can_restore(path):
+            raise SweepError(f"nothing to resume at {path}; run without --resume first")
+        return tune.Tuner.restore(path, trainable=trainable, param_space=space, resume_unfinished=True,
+                                  resume_errored=True)
+    s = job.scheduler
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=_scheduler(job),
+                                    num_samples=job.num_samples, max_concurrent_trials=job.max_concurrent_trials),
+        run_config=tune.RunConfig(name=job.name, storage_path=job.storage_path, progress_reporter=_reporter(),
+                                  failure_config=tune.FailureConfig(max_failures=0)),  # Train retries workers
+    )
+
+
+def collect_trials(c, experiment_id: str, parent_run_id: str) -> list[dict]:
+    """One dict per child run, from MLflow (the record that survives restarts and resumes)."""
+    rows = []
+    for r in tracking.child_runs(c, experiment_id, parent_run_id):
+        m, t = r.data.metrics, r.data.tags
+        rows.append({"task": t.get("task"), "method": t.get("method"), "seed": t.get("seed"),
+                     "trial_id": t.get(tracking.TRIAL_TAG), "run_id": r.info.run_id, "status": r.info.status,
+                     "dev_mcc": m.get("best_dev_mcc"), "test_mcc": m.get("test_mcc"),
+                     "base_model": {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("base_model.")}})
+    return rows
+
+
+def register(c, job: JobSpec, trials: list[dict]) -> dict[str, tracking.Registration]:
+    """Per task: the finished trial with the best dev MCC becomes a new version of lingo-<task>."""
+    out: dict[str, tracking.Registration] = {}
+    done = [t for t in trials if t["status"] == "FINISHED" and _finite(t["dev_mcc"]) and _finite(t["test_mcc"])]
+    for task in dict.fromkeys(t["task"] for t in done):
+        best = max((t for t in done if t["task"] == task), key=lambda t: t["dev_mcc"])
+        tags = {"method": best["method"], "seed": best["seed"], "test_mcc": repr(best["test_mcc"]),
+                "sweep": job.name, **{f"base_model.{k}": v for k, v in best["base_model"].items()}}
+        out[task] = tracking.register_best(c, task, best["run_id"], best["dev_mcc"], tags=tags)
+    return out
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def run_sweep(job: JobSpec, resume: bool = False, address: str | None = None) -> SweepResult:
+    import ray
+
+    from orchestrator.summary import write_summary
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # use the CLIReporter table (task/method/dev_mcc)
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    job.output_dir = str(Path(job.output_dir).resolve())  # workers run in other folders
+    Path(job.output_dir).mkdir(parents=True, exist_ok=True)
+    uri, exp, parent = _tracking(job, resume)
+    c = tracking.client(uri)
+    storage = job.storage_path
+    ctx = SweepContext(job=job, tracking_uri=uri, experiment_id=exp, parent_run_id=parent,
+                       storage_path=f"{storage}/{job.name}-train" if "://" in storage
+                       else str(Path(storage) / f"{job.name}-train"))
+    started = _init_ray(job, address)
+    try:
+        grid = _tuner(job, ctx, resume).fit()
+        errors = sum(1 for r in grid if r.error is not None)
+    except BaseException:
+        c.set_terminated(parent, "FAILED")
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+    trials = collect_trials(c, exp, parent)
+    for t in trials:  # stopped by ASHA or killed with the driver: the worker never closed the run
+        if t["status"] == "RUNNING":
+            c.set_terminated(t["run_id"], "KILLED")
+            t["status"] = "KILLED"
+    result = SweepResult(job.name, uri, exp, parent, Path(job.output_dir), trials, errors=errors)
+    if job.mlflow.register:
+        result.registrations = register(c, job, trials)
+    rows = [t for t in trials if t["status"] == "FINISHED"]
+    try:
+        result.summary = write_summary(rows, job.output_dir, dev_key="dev_mcc", mode=job.scheduler.mode)
+        tracking.log_artifacts(c, parent, [(p, "summary") for p in result.summary.values()])
+    except ValueError as e:  # no finished trial: nothing to summarise
+        print(f"no summary: {e}")
+    for reg in result.registrations.values():
+        moved = "champion" if reg.champion else f"champion stays v{reg.previous_champion}"
+        print(f"registered {reg.name} v{reg.version} (dev MCC {reg.dev_mcc:.3f}): {moved}")
+    tracking.log_metrics(c, parent, {"trials": len(trials), "trials_finished": len(rows), "trials_errored": errors})
+    c.set_terminated(parent, "FINISHED" if errors == 0 else "FAILED")
+    print(f"MLflow: {uri} (experiment {job.mlflow.experiment}, parent run {parent})")
+    return result

@@ -1,0 +1,88 @@
+"""Tune trial function: a thin driver that opens the trial's MLflow child run and runs one Ray Train
+`TorchTrainer` (Train V2 pattern: the trainer is built inside the Tune trial, and Train reports reach
+Tune through `TuneReportCallback`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Worker-group restarts per trial (e.g. a killed or preempted worker): each restart resumes from the
+# last reported checkpoint. Two covers a transient fault without looping on a deterministic bug.
+MAX_WORKER_FAILURES = 2
+# Restarts of the Train controller itself; it is light and failures there are infrastructure hiccups.
+CONTROLLER_FAILURE_LIMIT = 1
+TRIAL_CPU = 0.1  # the driver only waits on the worker group; Ray rejects a 0-CPU Tune trial
+
+
+@dataclass
+class SweepContext:
+    """What every trial needs from the sweep driver (passed via tune.with_parameters)."""
+
+    job: Any  # orchestrator.jobspec.JobSpec, output_dir already absolute
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    storage_path: str  # absolute (or URI): Ray Train run storage of every trial
+
+
+def trial_config(job: Any, config: dict, trial_id: str) -> Any:
+    """The trial's TrainConfig; its output folder gets the trial id (num_samples > 1 draws of one cell
+    would otherwise share it)."""
+    from orchestrator.search import materialize_trial
+
+    cfg = materialize_trial(job, config)
+    cfg.output_dir = str(Path(cfg.output_dir).resolve() / trial_id)
+    return cfg
+
+
+def run_trial(config: dict, ctx: SweepContext) -> None:
+    import ray.tune
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestrator import tracking
+    from orchestrator.worker import train_worker_fn
+
+    job = ctx.job
+    trial_id = ray.tune.get_context().get_trial_id()
+    cell = config["cell"]
+    cfg = trial_config(job, config, trial_id)
+    c = tracking.client(ctx.tracking_uri)
+    run_id = tracking.find_or_create_child(
+        c, ctx.experiment_id, ctx.parent_run_id, trial_id,
+        run_name=f"{cell['task']}/{cell['method']}/seed{cell['seed']}/{trial_id}",
+        tags={"task": cell["task"], "method": cell["method"], "seed": str(cell["seed"])})
+    res = job.resources
+    per_worker = {"CPU": res.cpus_per_worker}
+    if res.gpus_per_worker > 0:
+        per_worker["GPU"] = res.gpus_per_worker
+    trainer = TorchTrainer(
+        train_worker_fn,
+        train_loop_config={
+            "train": cfg.to_dict(),
+            "deepspeed": dataclasses.asdict(job.deepspeed),
+            "mlflow": {"tracking_uri": ctx.tracking_uri, "run_id": run_id},
+            "trial": {"trial_id": trial_id, "task": cell["task"], "method": cell["method"], "seed": cell["seed"],
+                      "budget": cell.get("budget") or {}, "grid": cell.get("grid") or {},
+                      "search": config.get("params") or {}},
+        },
+        scaling_config=ScalingConfig(num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(
+            name=f"train-{trial_id}",  # stable across `--resume`: Train V2 restores the run of this name
+            storage_path=ctx.storage_path,
+            failure_config=FailureConfig(max_failures=MAX_WORKER_FAILURES,
+                                         controller_failure_limit=CONTROLLER_FAILURE_LIMIT),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    try:
+        trainer.fit()
+    except BaseException as e:
+        tracking.set_tags(c, run_id, {"lingo.error": f"{type(e).__name__}: {e}"[:5000]})
+        c.set_terminated(run_id, "FAILED")
+        raise
