@@ -1,0 +1,67 @@
+"""`lingo train` end to end on the tiny model, and its argument errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lingo_core.cli import parse_train_args, train_main
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_flags_overrides_and_nesting():
+    cfg = parse_train_args(["--task", "tf/0", "--method", "lora", "--max-train-samples", "512",
+                            "--adapter.target_r", "4", "lr=3e-4", "adapter.target_modules=q_proj,v_proj",
+                            "max_steps=none", "--save-checkpoints", "true"])
+    assert (cfg.task, cfg.adapter.method, cfg.max_train_samples, cfg.adapter.target_r) == ("tf/0", "lora", 512, 4)
+    assert cfg.lr == 3e-4 and cfg.adapter.target_modules == ["q_proj", "v_proj"] and cfg.max_steps is None
+    assert cfg.save_checkpoints is True
+
+
+def test_config_file_then_flags_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("epochs: 5\nlr: 0.001\nadapter:\n  method: adalora\n  init_r: 6\n")
+    cfg = parse_train_args(["--config", str(f), "--lr", "0.002", "epochs=7"])
+    assert (cfg.epochs, cfg.lr, cfg.adapter.method, cfg.adapter.init_r) == (7, 0.002, "adalora", 6)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--lr", "abc"], "lr='abc': expected float"),
+        (["adapter.rank=4"], "unknown key 'adapter.rank'"),
+        (["--epochs", "0"], "TrainConfig.epochs=0"),
+        (["--method", "dora"], "AdapterSettings.method"),
+        (["lr"], "expected key=value"),
+    ],
+)
+def test_bad_arguments_give_one_clear_error(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_train_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_module_entry_point_reports_errors():
+    proc = subprocess.run([sys.executable, "-m", "lingo_core", "train", "--batch-size", "x"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "batch_size='x': expected int" in proc.stderr
+
+
+def test_train_main_end_to_end(tiny_model_dir, gue_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = train_main(["--task", "prom_core_tata", "--data-root", str(gue_root), "--model", str(tiny_model_dir),
+                     "--method", "ars", "--epochs", "1", "--max-train-samples", "32", "--max-eval-samples", "16",
+                     "--output-dir", str(out), "adapter.init_r=4", "adapter.target_r=2"])
+    assert rc == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("prom_core_tata [ars] dev_mcc=") and "test_mcc=" in line
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_test_evals"] == 1 and metrics["config"]["adapter"]["target_r"] == 2
+    assert len(json.loads((out / "test_predictions.json").read_text())["labels"]) == 16
+    for name in ("rank_heatmap.png", "confusion_matrix.png", "adapter/lingo.json", "adapter/adapter_config.json"):
+        assert (out / name).is_file(), name
