@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
+
+from orchestrator.specfields import FieldError, build, coerce, suggest
 
 __all__ = [
     "JobSpec", "JobSpecError", "FieldError", "Dist", "BudgetSpec", "load_job", "parse_overrides",
@@ -41,14 +41,6 @@ class JobSpecError(ValueError):
         super().__init__(f"{source}: {where}{message}")
 
 
-class FieldError(ValueError):
-    """Raised while building: ``path`` is relative to the object being built; callers prefix it."""
-
-    def __init__(self, path: str, problem: str):
-        self.path, self.problem = path, problem
-        super().__init__(f"{path}: {problem}" if path else problem)
-
-
 DIST_KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
 
 
@@ -64,7 +56,7 @@ class Dist:
 
     def __post_init__(self) -> None:
         if self.kind not in DIST_KINDS:
-            raise FieldError("", f"unknown distribution {self.kind!r}{_suggest(self.kind, DIST_KINDS)}")
+            raise FieldError("", f"unknown distribution {self.kind!r}{suggest(self.kind, DIST_KINDS)}")
         if self.kind in ("choice", "grid"):
             if not self.args:
                 raise FieldError("", f"{self.kind} needs at least one value")
@@ -91,7 +83,7 @@ def parse_search_value(value: Any, path: str) -> Any:
     """A one-key mapping named after a distribution -> Dist; anything else is a fixed value."""
     if isinstance(value, dict) and len(value) == 1:
         (kind, args), = value.items()
-        if kind in DIST_KINDS or (isinstance(kind, str) and _suggest(kind, DIST_KINDS)):
+        if kind in DIST_KINDS or (isinstance(kind, str) and suggest(kind, DIST_KINDS)):
             if not isinstance(args, (list, tuple)):
                 raise FieldError(path, f"{kind} expects a list, got {args!r}")
             try:
@@ -274,100 +266,6 @@ class JobSpec:
 # --------------------------------------------------------------------------------------- typed building
 
 
-def _suggest(key: str, choices: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(choices), n=3, cutoff=0.6)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
-def _describe(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args if a is not type(None)) + (
-            " or null" if type(None) in args else "")
-    if origin is list:
-        return f"a list of {_describe(args[0])}s" if args else "a list"
-    return {int: "an integer", float: "a float", bool: "a boolean", str: "a string", dict: "a mapping"}.get(
-        hint, getattr(hint, "__name__", str(hint)))
-
-
-_FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-
-
-def coerce(value: Any, hint: Any, path: str) -> Any:
-    """``value`` as type ``hint`` or FieldError(path). YAML 1.1 reads ``1e-4`` as a string, so
-    float-looking strings count as floats; bools are never numbers (``True`` is no batch size)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return coerce(value, arg, path)
-            except FieldError:
-                continue
-        raise FieldError(path, f"expected {_describe(hint)}, got {value!r}")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise FieldError(path, f"expected {_describe(hint)}, got {value!r}")
-        return [coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)] if args else list(value)
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise FieldError(path, f"expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
-            return float(value)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    elif isinstance(hint, type) and isinstance(value, hint):
-        return value
-    raise FieldError(path, f"expected {_describe(hint)}, got {value!r}")
-
-
-def build(cls: type, raw: Any, path: str = "") -> Any:
-    """Dataclass ``cls`` from a mapping, nested dataclasses included; errors carry the key path."""
-    def sub(name: str) -> str:
-        return f"{path}.{name}" if path else name
-
-    if isinstance(raw, cls):
-        return raw
-    if not isinstance(raw, dict):
-        raise FieldError(path, f"expected a mapping, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for key in raw:
-        if key not in fields:
-            raise FieldError(sub(str(key)), f"unknown key{_suggest(str(key), fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, f in fields.items():
-        if name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise FieldError(sub(name), "required key is missing")
-            continue
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = build(hint, raw[name] if raw[name] is not None else {}, sub(name))
-        else:
-            kwargs[name] = coerce(raw[name], hint, sub(name))
-    try:
-        return cls(**kwargs)
-    except FieldError as e:
-        raise FieldError(sub(e.path), e.problem) from None
-
-
 # --------------------------------------------------------------------------------------- overrides
 
 
@@ -478,7 +376,7 @@ def _source_of(path: str, source: str, parsed: list, overrides: typing.Sequence[
 # --------------------------------------------------------------------------------------- tasks, budgets
 
 
-def _registry(job: JobSpec):
+def task_registry(job: JobSpec):
     from lingo_core.data.task import TaskRegistry
 
     try:
@@ -489,7 +387,7 @@ def _registry(job: JobSpec):
 
 def resolve_tasks(job: JobSpec) -> list:
     """The TaskSpecs the job runs, in registry order, without duplicates."""
-    registry = _registry(job)
+    registry = task_registry(job)
     for i, pattern in enumerate(job.tasks):  # one by one, so the error names the bad entry
         try:
             registry.select([pattern])

@@ -33,14 +33,11 @@ from orchestrator.jobspec import (
     SEARCH_ALL,
     BudgetSpec,
     Dist,
-    FieldError,
     JobSpec,
-    _describe,
-    _registry,
-    _suggest,
-    coerce,
     resolve_tasks,
+    task_registry,
 )
+from orchestrator.specfields import FieldError, coerce, describe, suggest
 
 # Set by the job's top level or by the cell, never by `train` / `search` (one source of truth each).
 JOB_OWNED = {"task": "tasks", "seed": "seeds", "model": "model", "data_root": "data_root",
@@ -92,7 +89,7 @@ def _check_key(key: str, where: str, types: dict[str, Any]) -> Any:
     if key in JOB_OWNED:
         raise FieldError(where, f"set by the job's top-level `{JOB_OWNED[key]}`, not here")
     if key not in types:
-        raise FieldError(where, f"unknown TrainConfig key{_suggest(key, types)}")
+        raise FieldError(where, f"unknown TrainConfig key{suggest(key, types)}")
     return types[key]
 
 
@@ -195,18 +192,18 @@ def validate_job(job: JobSpec) -> None:
 
     for i, method in enumerate(job.methods):
         if method not in METHODS:
-            raise FieldError(f"methods[{i}]", f"unknown method {method!r}{_suggest(method, METHODS)}; "
+            raise FieldError(f"methods[{i}]", f"unknown method {method!r}{suggest(method, METHODS)}; "
                              f"expected one of {', '.join(METHODS)}")
     for method in job.search:
         if method != SEARCH_ALL and method not in METHODS:
             raise FieldError(f"search.{method}",
-                             f"unknown method{_suggest(method, [*METHODS, SEARCH_ALL])}; expected one of "
+                             f"unknown method{suggest(method, [*METHODS, SEARCH_ALL])}; expected one of "
                              f"{', '.join(METHODS)} or '{SEARCH_ALL}'")
     tasks = resolve_tasks(job)
-    every = list(_registry(job))
+    every = list(task_registry(job))
     for pattern in job.budgets:
         if pattern != BUDGET_DEFAULT and not any(_matches(t, pattern) for t in every):
-            raise FieldError(f"budgets.{pattern}", f"matches no task{_suggest(pattern, [t.name for t in every])}")
+            raise FieldError(f"budgets.{pattern}", f"matches no task{suggest(pattern, [t.name for t in every])}")
     types = train_field_types()
     for key, value in _flatten(job.train).items():
         job_key = f"train.{key}"
@@ -222,7 +219,7 @@ def validate_job(job: JobSpec) -> None:
                 try:
                     coerce(v, hint, where)
                 except FieldError:
-                    raise FieldError(where, f"expected {_describe(hint)} or a search distribution "
+                    raise FieldError(where, f"expected {describe(hint)} or a search distribution "
                                      f"({', '.join(DIST_KINDS)}), got {v!r}") from None
     for method in job.methods:
         space = job.method_space(method)
