@@ -199,6 +199,12 @@ def validate_job(job: JobSpec) -> None:
             raise FieldError(f"search.{method}",
                              f"unknown method{suggest(method, [*METHODS, SEARCH_ALL])}; expected one of "
                              f"{', '.join(METHODS)} or '{SEARCH_ALL}'")
+    rank_methods = [m for m in job.methods if m in RANK_METHODS]
+    if job.deepspeed.zero_stage == 3 and rank_methods:
+        # The rank controller reads whole singular-value vectors and masks them in place; ZeRO-3 shards
+        # every parameter, so the allocation would see empty partitions. Stage 2 keeps params whole.
+        raise FieldError("deepspeed.zero_stage", f"stage 3 cannot run {', '.join(rank_methods)} (rank allocation "
+                         "needs whole adapter parameters); use zero_stage 2 for those methods")
     tasks = resolve_tasks(job)
     every = list(task_registry(job))
     for pattern in job.budgets:

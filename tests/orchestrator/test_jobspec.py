@@ -173,3 +173,10 @@ def test_to_dict_round_trip(tmp_path):
         job = load_job(path)
         again = load_job(write(tmp_path, job.to_dict(), "again.yaml"))
         assert again == job
+
+
+def test_zero3_with_rank_methods_rejected(tmp_path):
+    msg = error_of(write(tmp_path, merged(methods=["ars", "lora"], deepspeed={"zero_stage": 3})))
+    assert "deepspeed.zero_stage" in msg and "ars" in msg
+    job = load_job(write(tmp_path, merged(methods=["lora"], deepspeed={"zero_stage": 3})))
+    assert job.deepspeed.zero_stage == 3
