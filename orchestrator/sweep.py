@@ -66,8 +66,9 @@ def _init_ray(job: JobSpec, address: str | None) -> bool:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return True
-    ray.init(num_cpus=job.ray.num_cpus or os.cpu_count(), num_gpus=job.ray.num_gpus,
-             runtime_env=runtime_env, include_dashboard=False)
+    # The dashboard stays on (default): Train's PlacementGroupCleaner and Tune free a stopped trial's
+    # resources through the state API that it serves.
+    ray.init(num_cpus=job.ray.num_cpus or os.cpu_count(), num_gpus=job.ray.num_gpus, runtime_env=runtime_env)
     return True
 
 
