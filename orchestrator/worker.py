@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,6 +262,9 @@ class RayTrainHooks:
         self.reports += 1
         marker = os.environ.get(KILL_ENV)
         if marker and self.rank == 0 and event.checkpoint_dir is not None and not Path(marker).exists():
+            # The Train controller collects reports by polling the workers (every 2 s by default); dying
+            # before that poll would lose this checkpoint, so give it three polls first.
+            time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
             Path(marker).write_text(f"killed pid {os.getpid()} after step {event.step}\n")
             os.kill(os.getpid(), signal.SIGKILL)  # a real process death, not an exception
 
