@@ -32,15 +32,23 @@ def ray_daemon_pids(root: int | None = None) -> set[int]:
 
 def wait_gone(pids: set[int], timeout_s: float = 20.0) -> set[int]:
     """The pids still alive after waiting up to timeout_s (ray.shutdown ends daemons asynchronously)."""
-    import psutil
 
     deadline = time.time() + timeout_s
     alive = set(pids)
     while alive and time.time() < deadline:
-        alive = {p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+        alive = {p for p in alive if _running(p)}
         if alive:
             time.sleep(0.5)
     return alive
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def kill_pids(pids: set[int]) -> None:
