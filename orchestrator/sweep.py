@@ -48,6 +48,9 @@ def worker_env(job: JobSpec) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",  # models are local (bundled SmolLM2 / folders); fail fast, never hang
         # DeepSpeed compiles a small C++ op on first use (20-40 s); a shared cache makes that once.
         "TORCH_EXTENSIONS_DIR": str(REPO_ROOT / ".cache" / "torch_extensions"),
+        # A worker group that waits for resources freed by another trial must not fail after Train's
+        # default 60 s; capacity is checked up front (trial_capacity), this covers slow starts.
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
     }
     if job.resources.gpus_per_worker == 0:
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would probe for CUDA otherwise
@@ -55,21 +58,43 @@ def worker_env(job: JobSpec) -> dict[str, str]:
     return env
 
 
-def _init_ray(job: JobSpec, address: str | None) -> bool:
-    """Start or join Ray; True when this call started a local Ray (so the sweep shuts it down)."""
+def trial_capacity(job: JobSpec, cpus: float, gpus: float) -> int:
+    """How many trials' worker groups fit at once. Tune only sees each trial driver's TRIAL_CPU, not the
+    Train workers it will ask for; more concurrent trials than this leaves worker groups waiting until
+    Ray Train's start-up timeout fails them."""
+    r = job.resources
+    fits = [int(cpus // (r.workers_per_trial * r.cpus_per_worker))]
+    if r.gpus_per_worker > 0:
+        fits.append(int(gpus // (r.workers_per_trial * r.gpus_per_worker)))
+    return max(1, min(fits))
+
+
+def _init_ray(job: JobSpec, address: str | None) -> tuple[bool, int]:
+    """Start or join Ray. Returns (this call started/connected Ray, trial concurrency that fits)."""
     import ray
 
-    if ray.is_initialized():
-        return False
+    started = not ray.is_initialized()
     runtime_env = {"env_vars": worker_env(job)}
     address = address or job.ray.address
-    if address:
+    if started and address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-        return True
-    # The dashboard stays on (default): Train's PlacementGroupCleaner and Tune free a stopped trial's
-    # resources through the state API that it serves.
-    ray.init(num_cpus=job.ray.num_cpus or os.cpu_count(), num_gpus=job.ray.num_gpus, runtime_env=runtime_env)
-    return True
+    if not started or address:
+        res = ray.cluster_resources()
+        return started, trial_capacity(job, res.get("CPU", 0.0), res.get("GPU", 0.0))
+    cpus = job.ray.num_cpus or os.cpu_count() or 1
+    gpus = job.ray.num_gpus if job.ray.num_gpus is not None else _local_gpus()
+    cap = min(trial_capacity(job, cpus, gpus), job.max_concurrent_trials or 10**9)
+    # The trial drivers only wait on their worker groups: give them logical CPUs of their own on top of
+    # the cores the workers use. The dashboard stays on (default): Train's PlacementGroupCleaner and Tune
+    # free a stopped trial's resources through the state API that it serves.
+    ray.init(num_cpus=cpus + math.ceil(cap * TRIAL_CPU), num_gpus=gpus, runtime_env=runtime_env)
+    return started, cap
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _tracking(job: JobSpec, resume: bool) -> tuple[str, str, str]:
@@ -114,7 +139,7 @@ def _reporter():
     )
 
 
-def _tuner(job: JobSpec, ctx: SweepContext, resume: bool):
+def _tuner(job: JobSpec, ctx: SweepContext, resume: bool, concurrency: int):
     from ray import tune
 
     from orchestrator.jobspec import resolve_tasks
@@ -133,7 +158,7 @@ def _tuner(job: JobSpec, ctx: SweepContext, resume: bool):
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=_scheduler(job),
-                                    num_samples=job.num_samples, max_concurrent_trials=job.max_concurrent_trials),
+                                    num_samples=job.num_samples, max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(name=job.name, storage_path=job.storage_path, progress_reporter=_reporter(),
                                   failure_config=tune.FailureConfig(max_failures=0)),  # Train retries workers
     )
@@ -182,9 +207,11 @@ def run_sweep(job: JobSpec, resume: bool = False, address: str | None = None) ->
     ctx = SweepContext(job=job, tracking_uri=uri, experiment_id=exp, parent_run_id=parent,
                        storage_path=f"{storage}/{job.name}-train" if "://" in storage
                        else str(Path(storage) / f"{job.name}-train"))
-    started = _init_ray(job, address)
+    started, concurrency = _init_ray(job, address)
+    if job.max_concurrent_trials and concurrency < job.max_concurrent_trials:
+        print(f"max_concurrent_trials {job.max_concurrent_trials} -> {concurrency}: that many trials' workers fit")
     try:
-        grid = _tuner(job, ctx, resume).fit()
+        grid = _tuner(job, ctx, resume, min(concurrency, job.max_concurrent_trials or concurrency)).fit()
         errors = sum(1 for r in grid if r.error is not None)
     except BaseException:
         c.set_terminated(parent, "FAILED")
