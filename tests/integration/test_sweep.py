@@ -171,6 +171,6 @@ def test_trial_capacity_counts_the_workers_tune_cannot_see(tmp_path: Path, tiny_
     assert trial_capacity(job, cpus=2, gpus=0) == 2
     assert trial_capacity(job, cpus=1, gpus=0) == 1
     job.resources.cpus_per_worker = 1.0
-    assert trial_capacity(job, cpus=2, gpus=0) == 1  # the README job's failure mode: 2 x 1.1 CPU on 2
+    assert trial_capacity(job, cpus=2, gpus=0) == 1  # 2 workers x 1 CPU: one trial on 2 CPUs
     job.resources.gpus_per_worker = 0.5
     assert trial_capacity(job, cpus=64, gpus=2) == 2
