@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     import peft
     import transformers
 
+    load_before = os.getloadavg()[0]  # other jobs on the box inflate CPU timings: record it
     results = {}
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         results[method] = time_method(method, ref, spec.num_labels, batch, args, device)
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": device.type,
         "device_name": dev_name,
         "threads": torch.get_num_threads(),
+        "load_average_1m": [load_before, os.getloadavg()[0]],
         "model": args.model,
         "task": spec.name,
         "batch_size": args.batch_size,

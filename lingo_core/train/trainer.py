@@ -293,7 +293,8 @@ def train(
 
     bar = tqdm(total=total_steps, initial=step, desc=f"train {spec.name} [{settings.method}]",
                disable=rank != 0, dynamic_ncols=True)
-    loss_sum, loss_n, info = torch.zeros(()), 0, {"budget": 0, "active_ranks": 0, "regrown": 0, "dropped": 0}
+    zero = torch.zeros((), device=backend.device)  # running loss stays on device: no sync per micro-batch
+    loss_sum, loss_n, info = zero.clone(), 0, {"budget": 0, "active_ranks": 0, "regrown": 0, "dropped": 0}
     while step < total_steps:
         epoch, offset = divmod(step, spe)
         batches = epoch_batches(n_train, epoch, cfg, rank, world)
@@ -306,7 +307,7 @@ def train(
             with _autocast(backend):
                 out = model(**{k: v.to(backend.device) for k, v in batch.items()})
             backend.backward(out.loss)
-            loss_sum += out.loss.detach().float().cpu()
+            loss_sum += out.loss.detach().float()
             loss_n += 1
             boundary = backend.is_boundary()
             if boundary and controller is not None:
@@ -328,7 +329,7 @@ def train(
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
                 if hooks.on_log is not None:
                     hooks.on_log(step, logs)
-                loss_sum, loss_n = torch.zeros(()), 0
+                loss_sum, loss_n = zero.clone(), 0
             end_of_epoch = step % spe == 0
             due = (step % cfg.eval_every == 0) if cfg.eval_every else end_of_epoch
             if due or step == total_steps:
