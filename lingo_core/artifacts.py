@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,11 @@ def load_adapter(path: str | Path, base_model: str | Path | None = None):
     if method in PEFT_METHODS:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(path))
+        with warnings.catch_warnings():
+            # AdaLoRA keys rank_pattern by parameter ('...q_proj.lora_E'), which PEFT's generic LoRA-style
+            # pattern check reports as unmatched; the pattern is still applied (resize on state-dict load).
+            warnings.filterwarnings("ignore", message="The following rank_pattern keys did not match")
+            model = PeftModel.from_pretrained(model, str(path))
     if method == "full":
         load_model(model, str(path / "model.safetensors"))  # strict: any missing/extra tensor raises
     else:
