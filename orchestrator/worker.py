@@ -67,6 +67,7 @@ class DeepSpeedBackend:
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))  # set per worker by Ray Train
         self.device = _device()
         self.engine: Any = None
         self._params: list[nn.Parameter] = []
@@ -270,13 +271,7 @@ class RayTrainHooks:
 
 
 def _local_checkpoint_dir(path: Path | None) -> Path | None:
-    if path is None:
-        return None
-    path = Path(path)
-    if path.is_dir():
-        return path
-    tmp = path.with_name(f".tmp-{path.name}")  # ranks on other nodes: the trainer renames on rank 0 only
-    return tmp if tmp.is_dir() else None
+    return Path(path) if path is not None and Path(path).is_dir() else None
 
 
 class _RunLogger:

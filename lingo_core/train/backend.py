@@ -24,6 +24,7 @@ class TrainBackend(Protocol):
 
     rank: int
     world_size: int
+    local_rank: int  # rank within this node: node-local files (checkpoint folders) are made by local rank 0
     device: torch.device
 
     def prepare(
@@ -106,6 +107,7 @@ class TorchBackend:
             raise ValueError(f"TorchBackend.grad_accum={grad_accum}: expected a positive integer")
         self.rank = 0
         self.world_size = 1
+        self.local_rank = 0
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._model: nn.Module | None = None
         self._params: dict[str, nn.Parameter] = {}

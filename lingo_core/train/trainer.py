@@ -178,10 +178,12 @@ def _controller_from_tensors(tensors: dict[str, torch.Tensor], kinds: dict[str, 
 
 
 def _save_checkpoint(root: Path, step: int, backend, controller, state: dict, best_state) -> Path:
-    """All ranks call (backend shards); rank 0 writes trainer files. temp dir + rename: a crash never
-    leaves a half-written checkpoint under its final name."""
+    """All ranks call (backend shards). Each node's local rank 0 owns that node's folder (nodes need not
+    share a disk); global rank 0 adds the trainer files. temp dir + rename: a crash never leaves a
+    half-written checkpoint under its final name."""
     final, tmp = root / f"step-{step:07d}", root / f".tmp-step-{step:07d}"
-    if backend.rank == 0:
+    node_leader = backend.local_rank == 0
+    if node_leader:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
@@ -193,6 +195,8 @@ def _save_checkpoint(root: Path, step: int, backend, controller, state: dict, be
         if controller is not None:
             tensors, kinds = _controller_to_tensors(controller.state_dict())
             save_file(tensors, str(tmp / "controller.safetensors"), metadata={"kinds": json.dumps(kinds)})
+    _barrier()  # every rank's shards are in tmp before it takes its final name
+    if node_leader:
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in root.glob("step-*"):  # keep only the newest: hooks (Ray) persist what they need
