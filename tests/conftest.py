@@ -4,6 +4,7 @@ and a tiny random LLaMA saved to disk (loaded through the same from_pretrained p
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,32 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from lingo_core.modeling import save_tiny_random_model
 
     return save_tiny_random_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+# ---- session guard: no Ray daemon started by a test outlives the suite ---------------------------------
+# Leftovers are killed by pid (never `ray stop`, which would also end other clusters on this host) and
+# fail the session.
+RAY_LEAKS: list[int] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_ray_left_behind():
+    yield
+    if "ray" not in sys.modules:  # nothing started one
+        return
+    import ray
+
+    from orchestrator.ray_utils import kill_pids, ray_daemon_pids, wait_gone
+
+    ours = ray_daemon_pids()  # children of this pytest process, collected before the shutdown
+    ray.shutdown()
+    leaked = wait_gone(ours)
+    if leaked:
+        RAY_LEAKS.extend(sorted(leaked))
+        kill_pids(leaked)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if RAY_LEAKS:
+        print(f"\nRay daemons left running by tests (now killed): pids {RAY_LEAKS}")
+        session.exitstatus = 1
