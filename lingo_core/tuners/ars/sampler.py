@@ -115,8 +115,8 @@ class RankSampler(RankAllocator):
             if name_e not in self.exp_avg_ipt:  # not observed yet: no evidence for any triplet
                 scores[name_e] = torch.zeros(rank)
                 continue
-            score_a = self._element_score(name_a).mean(dim=1)  # rows of P (lora_A): one per triplet
-            score_b = self._element_score(name_b).mean(dim=0)  # columns of Q (lora_B): one per triplet
+            score_a = self._element_score(name_a).mean(dim=1)  # rows of Q (lora_A, r x d_in): one per triplet
+            score_b = self._element_score(name_b).mean(dim=0)  # columns of P (lora_B, d_out x r): one per triplet
             score_e = self._element_score(name_e)  # the singular values themselves, [r, 1]
             scores[name_e] = self._combine_ipt(score_e, torch.stack([score_a, score_b], dim=1)).view(-1)
         return scores
