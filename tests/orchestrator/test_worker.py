@@ -1,9 +1,10 @@
-"""DeepSpeedBackend on a real 2-process gloo group (forked processes, DeepSpeed ZeRO on CPU)."""
+"""DeepSpeedBackend on a real 2-process gloo group (spawned processes, DeepSpeed ZeRO on CPU)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 import traceback
 from pathlib import Path
 
@@ -46,11 +47,17 @@ def _run(rank: int, port: int, fn_name: str, tmp: str) -> None:
             dist.destroy_process_group()
 
 
-def _spawn(fn_name: str, tmp_path: Path) -> None:
+def _spawn(fn_name: str, tmp_path: Path, timeout_s: float = 600) -> None:
+    # spawn, not fork: earlier tests in this process have started torch's intra-op thread pool, and a
+    # forked child inherits its locks mid-state and deadlocks in its first parallel kernel.
     ctx = mp.start_processes(_run, args=(_port(), fn_name, str(tmp_path)), nprocs=WORLD,
-                             start_method="fork", join=False)
-    while not ctx.join(timeout=300):
-        pass
+                             start_method="spawn", join=False)
+    deadline = time.monotonic() + timeout_s
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"{fn_name}: the {WORLD}-process group did not finish within {timeout_s:.0f} s")
     errors = [p.read_text() for p in tmp_path.glob("error*.txt")]
     assert not errors, "\n".join(errors)
 
