@@ -94,7 +94,11 @@ def save_adapter(
                 for cfg in model.peft_config.values():
                     # PEFT trims the saved lora_E/A/B to this mask and resizes the modules on load.
                     cfg.rank_pattern = {k: list(map(bool, v)) for k, v in rank_pattern.items()}
-            model.save_pretrained(str(tmp), safe_serialization=True)
+            with warnings.catch_warnings():
+                # Rank allocation may prune a module to rank 0; PEFT reads the resulting (0, d) tensors
+                # as unsharded ZeRO-3 / FSDP shards. Here they are the intended final pattern.
+                warnings.filterwarnings("ignore", message=r".*LoRA tensor\(s\) have invalid shape")
+                model.save_pretrained(str(tmp), safe_serialization=True)
             files += ["adapter_config.json", "adapter_model.safetensors"]
         if method == "full":
             save_model(_base_model(model), str(tmp / "model.safetensors"))  # handles tied weights
