@@ -53,12 +53,7 @@ def rank_heatmap(rank_pattern: dict[str, Sequence[bool]], path: str | Path, titl
                 color = "black" if grid[i, j] > 0.6 * hi else "white"
                 ax.text(j, i, f"{int(grid[i, j])}", ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(im, ax=ax, label="rank")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def confusion_matrix_png(cm: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path,
@@ -80,9 +75,16 @@ def confusion_matrix_png(cm: Sequence[Sequence[int]], labels: Sequence[str], pat
     for i in range(n):
         for j in range(n):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if frac[i, j] > 0.5 else "black")
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """PNG to a temp name, then rename: a crash never leaves a half-written plot under the real name."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+    tmp.replace(path)
     return path
