@@ -21,6 +21,15 @@ RANK_METHODS = ("ars", "adalora")
 """Methods with an adaptive rank budget (init_r -> target_r) and a RankController."""
 
 SAMPLING_MODES = ("uniform", "importance")
+
+
+def check_sampling(owner: str, p_regrow: float, p_drop: float, sampling: str) -> None:
+    """The one check of the ARS sampling knobs, shared by AdapterSettings, ARSConfig and RankSampler."""
+    for name, value in (("p_regrow", p_regrow), ("p_drop", p_drop)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{owner}.{name}: got {value!r}; expected a probability in [0, 1]")
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"{owner}.sampling: unknown mode {sampling!r}; expected one of {', '.join(SAMPLING_MODES)}")
 """How ARS picks triplets to regrow / drop: fixed probabilities, or scaled by importance."""
 
 DEFAULT_INIT_R = 8
@@ -111,15 +120,7 @@ class AdapterSettings:
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ValueError(f"AdapterSettings.{name}: got {value!r}; expected an EMA coefficient in (0, 1)")
-        for name in ("p_regrow", "p_drop"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"AdapterSettings.{name}: got {value!r}; expected a probability in [0, 1]")
-        if self.sampling not in SAMPLING_MODES:
-            raise ValueError(
-                f"AdapterSettings.sampling: unknown mode {self.sampling!r}; expected one of "
-                f"{', '.join(SAMPLING_MODES)}"
-            )
+        check_sampling("AdapterSettings", self.p_regrow, self.p_drop, self.sampling)
         if self.orth_reg_weight < 0:
             raise ValueError(f"AdapterSettings.orth_reg_weight: got {self.orth_reg_weight!r}; expected >= 0")
         if self.lora_alpha <= 0:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from peft import AdaLoraConfig
 
-from lingo_core.tuners.config import SAMPLING_MODES
+from lingo_core.tuners.config import check_sampling
 
 ARS_ONLY_FIELDS = ("p_regrow", "p_drop", "sampling", "sampling_seed")
 """Fields AdaLoraConfig does not have; stripped by `to_dict` so plain PEFT loads the saved config."""
@@ -36,14 +36,7 @@ class ARSConfig(AdaLoraConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("p_regrow", "p_drop"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"ARSConfig.{name}: got {value!r}; expected a probability in [0, 1]")
-        if self.sampling not in SAMPLING_MODES:
-            raise ValueError(
-                f"ARSConfig.sampling: unknown mode {self.sampling!r}; expected one of {', '.join(SAMPLING_MODES)}"
-            )
+        check_sampling("ARSConfig", self.p_regrow, self.p_drop, self.sampling)
         if isinstance(self.sampling_seed, bool) or not isinstance(self.sampling_seed, int):
             raise ValueError(f"ARSConfig.sampling_seed: got {self.sampling_seed!r}; expected an integer")
 

@@ -19,6 +19,8 @@ import torch
 from peft.tuners.adalora.layer import RankAllocator
 from torch import nn
 
+from lingo_core.tuners.config import check_sampling
+
 GradOf = Callable[[nn.Parameter], "torch.Tensor | None"]
 WriteFn = Callable[[nn.Parameter, torch.Tensor], None]
 
@@ -69,11 +71,7 @@ class RankSampler(RankAllocator):
         self.p_drop = float(getattr(peft_config, "p_drop", 0.0) if p_drop is None else p_drop)
         self.sampling = sampling if sampling is not None else getattr(peft_config, "sampling", "uniform")
         seed = int(getattr(peft_config, "sampling_seed", 0) if seed is None else seed)
-        for name, value in (("p_regrow", self.p_regrow), ("p_drop", self.p_drop)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"RankSampler.{name}: got {value!r}; expected a probability in [0, 1]")
-        if self.sampling not in ("uniform", "importance"):
-            raise ValueError(f"RankSampler.sampling: got {self.sampling!r}; expected 'uniform' or 'importance'")
+        check_sampling("RankSampler", self.p_regrow, self.p_drop, self.sampling)
         super().__init__(model, peft_config, adapter_name)
         # CPU generator: identical stream on every rank and device type, and no global RNG touched.
         self.generator = torch.Generator(device="cpu")
