@@ -39,6 +39,7 @@ def _run(rank: int, port: int, fn_name: str, tmp: str) -> None:
     try:
         dist.init_process_group("gloo", rank=rank, world_size=WORLD)
         globals()[fn_name](rank, Path(tmp))
+        (Path(tmp) / f"done{rank}.txt").write_text("ok")  # the case itself passed on this rank
     except BaseException:
         (Path(tmp) / f"error{rank}.txt").write_text(traceback.format_exc())
         raise
@@ -53,11 +54,18 @@ def _spawn(fn_name: str, tmp_path: Path, timeout_s: float = 600) -> None:
     ctx = mp.start_processes(_run, args=(_port(), fn_name, str(tmp_path)), nprocs=WORLD,
                              start_method="spawn", join=False)
     deadline = time.monotonic() + timeout_s
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"{fn_name}: the {WORLD}-process group did not finish within {timeout_s:.0f} s")
+    try:
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                for p in ctx.processes:
+                    p.kill()
+                pytest.fail(f"{fn_name}: the {WORLD}-process group did not finish within {timeout_s:.0f} s")
+    except mp.ProcessExitedException:
+        # Seen once in CI: a rank aborted at interpreter exit ("terminate called without an active
+        # exception", native comm threads torn down) after its case had passed. Judge the case, not the
+        # teardown: re-raise unless every rank recorded success.
+        if len(list(tmp_path.glob("done*.txt"))) != WORLD:
+            raise
     errors = [p.read_text() for p in tmp_path.glob("error*.txt")]
     assert not errors, "\n".join(errors)
 
