@@ -332,6 +332,7 @@ def train_worker_fn(config: dict) -> None:
     import ray.train
 
     from lingo_core.train import TrainConfig, TrainHooks, train
+    from lingo_core.train.checkpoint import checkpoint_step
     from lingo_core.tuners.config import RANK_METHODS
 
     cfg = TrainConfig.from_dict(config["train"])
@@ -346,7 +347,7 @@ def train_worker_fn(config: dict) -> None:
     with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as resume_dir:
         resumed_step = 0
         if resume_dir is not None:
-            resumed_step = int(json.loads((Path(resume_dir) / "trainer_state.json").read_text())["step"])
+            resumed_step = checkpoint_step(resume_dir)
         if logger is not None:
             logger.params({**config.get("trial", {}), "train": cfg.to_dict(), "world_size": backend.world_size,
                            "deepspeed": {"zero_stage": backend.settings.zero_stage}})

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from lingo_core.train.backend import TorchBackend, TrainBackend
+from lingo_core.train.checkpoint import load_checkpoint, save_checkpoint
 from lingo_core.train.config import TrainConfig
 from lingo_core.train.metrics import classification_metrics
 
@@ -163,65 +161,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-# ---- checkpoints -------------------------------------------------------------------------------------------
-def _controller_to_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    tensors, kinds = {}, {}
-    for k, v in sd.items():
-        kinds[k] = "tensor" if isinstance(v, torch.Tensor) else type(v).__name__
-        tensors[k] = v.detach().cpu().contiguous() if isinstance(v, torch.Tensor) else torch.tensor(v)
-    return tensors, kinds
-
-
-def _controller_from_tensors(tensors: dict[str, torch.Tensor], kinds: dict[str, str]) -> dict:
-    cast = {"int": int, "float": float, "bool": bool}
-    return {k: (t if kinds[k] == "tensor" else cast[kinds[k]](t.item())) for k, t in tensors.items()}
-
-
-def _save_checkpoint(root: Path, step: int, backend, controller, state: dict, best_state) -> Path:
-    """All ranks call (backend shards). Each node's local rank 0 owns that node's folder (nodes need not
-    share a disk); global rank 0 adds the trainer files. temp dir + rename: a crash never leaves a
-    half-written checkpoint under its final name."""
-    final, tmp = root / f"step-{step:07d}", root / f".tmp-step-{step:07d}"
-    node_leader = backend.local_rank == 0
-    if node_leader:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier()
-    backend.save_checkpoint(tmp / "backend")
-    if backend.rank == 0:
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        if best_state is not None:
-            save_file(best_state, str(tmp / "best_trainable.safetensors"))
-        if controller is not None:
-            tensors, kinds = _controller_to_tensors(controller.state_dict())
-            save_file(tensors, str(tmp / "controller.safetensors"), metadata={"kinds": json.dumps(kinds)})
-    _barrier()  # every rank's shards are in tmp before it takes its final name
-    if node_leader:
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in root.glob("step-*"):  # keep only the newest: hooks (Ray) persist what they need
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
-    _barrier()
-    return final
-
-
-def _load_checkpoint(path: Path, backend, controller) -> tuple[dict, dict | None]:
-    path = Path(path)
-    if not (path / "trainer_state.json").is_file():
-        raise FileNotFoundError(f"resume_from={path}: no trainer_state.json; expected a checkpoint dir step-*")
-    backend.load_checkpoint(path / "backend")
-    state = json.loads((path / "trainer_state.json").read_text())
-    if controller is not None:
-        from safetensors import safe_open
-
-        with safe_open(str(path / "controller.safetensors"), "pt") as f:
-            kinds = json.loads(f.metadata()["kinds"])
-        controller.load_state_dict(_controller_from_tensors(load_file(str(path / "controller.safetensors")), kinds))
-    best = path / "best_trainable.safetensors"
-    return state, (load_file(str(best)) if best.is_file() else None)
-
-
 # ---- the loop ------------------------------------------------------------------------------------------------
 def train(
     cfg: TrainConfig,
@@ -268,7 +207,7 @@ def train(
     budget_history: list[dict[str, int]] = []
     n_dev_evals = 0
     if resume_from is not None:
-        st, best_state = _load_checkpoint(Path(resume_from), backend, controller)
+        st, best_state = load_checkpoint(Path(resume_from), backend, controller)
         step, best_step, best_mcc = st["step"], st["best_step"], st["best_mcc"]
         best_dev, best_pattern = st["best_dev_metrics"], st["best_rank_pattern"]
         budget_history, n_dev_evals = st["budget_history"], st["num_dev_evals"]
@@ -290,7 +229,7 @@ def train(
                      "rng": {"seed": cfg.seed, "data_order": "default_rng([seed, epoch])",
                              "dropout": "manual_seed(seed * 1000003 + micro_batch_index)"},
                      "config": cfg.to_dict()}
-            ckpt = _save_checkpoint(out_dir / "checkpoints", step, backend, controller, state, best_state)
+            ckpt = save_checkpoint(out_dir / "checkpoints", step, backend, controller, state, best_state)
         if hooks.on_evaluate is not None:
             dev = {f"dev_{k}": m[k] for k in _SCALARS}
             hooks.on_evaluate(EvalEvent(step=step, epoch=epoch, metrics=dev, is_best=is_best, checkpoint_dir=ckpt))
