@@ -286,7 +286,7 @@ def parse_overrides(overrides: typing.Sequence[str]) -> list[tuple[str, Any]]:
 
 def _split_override_path(key: str) -> list[str]:
     """Dotted path -> raw-dict keys. Search spaces are keyed by dotted TrainConfig paths themselves
-    (``search.ars.adapter.p_regrow``) and budgets by task names, so those keep their tail in one key."""
+    (``search.ars.adapter.exploration``) and budgets by task names, so those keep their tail in one key."""
     parts = key.split(".")
     if parts[0] == "search" and len(parts) > 2:
         return parts[:2] + [".".join(parts[2:])]

@@ -6,8 +6,8 @@ Param space shape (one Tune trial = one ``{"cell": ..., "params": ...}``)::
      "params": tune.sample_from(MethodSampler(...))}
 
 Why this shape: Tune takes the cross product of every ``grid_search`` in a space, so a per-method grid
-written as a top-level axis (``adapter.p_regrow: grid_search([...])``) would also multiply the LoRA
-trials, which ignore p_regrow. Instead, each method's grid axes are expanded *inside* its own cells:
+written as a top-level axis (``adapter.exploration: grid_search([...])``) would also multiply the LoRA
+trials, which ignore exploration. Instead, each method's grid axes are expanded *inside* its own cells:
 a cell is one (task, method, seed, grid point), and the grid point is stored in the cell. The
 remaining random hyperparameters are drawn by one ``sample_from`` that reads ``cell.method`` and
 samples only that method's space, so an ARS trial never carries (or logs) LoRA keys and vice versa.
@@ -49,7 +49,7 @@ BUDGET_KEYS = ("adapter.init_r", "adapter.target_r")
 
 
 def train_field_types() -> dict[str, Any]:
-    """Dotted TrainConfig path -> type hint, nested dataclasses flattened ("adapter.p_regrow": float)."""
+    """Dotted TrainConfig path -> type hint, nested dataclasses flattened ("adapter.exploration": float)."""
     import dataclasses
     import typing
 
@@ -89,6 +89,11 @@ def _check_key(key: str, where: str, types: dict[str, Any]) -> Any:
     if key in JOB_OWNED:
         raise FieldError(where, f"set by the job's top-level `{JOB_OWNED[key]}`, not here")
     if key not in types:
+        from lingo_core.tuners.config import RENAMED_KEYS  # lingo_core.tuners pulls in torch + PEFT: import late
+
+        old = key.removeprefix("adapter.")
+        if key.startswith("adapter.") and old in RENAMED_KEYS:
+            raise FieldError(where, RENAMED_KEYS[old])
         raise FieldError(where, f"unknown TrainConfig key{suggest(key, types)}")
     return types[key]
 

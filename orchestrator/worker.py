@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lingo_core.train.backend import linear_warmup_decay
+from lingo_core.tuners.ars.shards import Shard, ShardAccess, WholeParams
 
 # Fault injection for the resume test: when set to a path, rank 0 SIGKILLs its own process right after
 # the first checkpoint it reports, once (the marker file makes the retry run through).
@@ -138,13 +139,14 @@ class DeepSpeedBackend:
     def step(self) -> None:
         self.engine.step()
 
-    def full_grad(self, p: nn.Parameter) -> torch.Tensor | None:
-        """Collective under ZeRO-2/3: every rank must ask for the same parameters in the same order,
-        which the RankController does (its decisions are identical on every rank)."""
-        from deepspeed.utils import safe_get_full_grad
-
-        g = safe_get_full_grad(p)
-        return None if g is None else g.detach()
+    def shard_access(self, params: list[nn.Parameter]) -> ShardAccess:
+        """ZeRO-1/2: the slices of `params` this rank's optimizer partition owns (fp32 master values and
+        reduced gradients, read in place: no collective); other setups: whole parameters."""
+        if self.settings.zero_stage in (1, 2):
+            return ZeroShards(params, self.engine.optimizer)
+        if self.settings.zero_stage == 3:
+            raise ValueError("ZeRO-3 shards adapter parameters per module; the rank controller needs ZeRO 0-2")
+        return WholeParams(params)  # stage 0 without bf16: plain optimizer, .grad all-reduced by DeepSpeed
 
     def write_param_(self, p: nn.Parameter, value: torch.Tensor) -> None:
         """Write both copies: the module parameter (read by the next forward) and the fp32 master
@@ -167,12 +169,13 @@ class DeepSpeedBackend:
 
     # ---- state ---------------------------------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        import deepspeed
+        """The fp32 master values (never the bf16 module copy: restoring those would round the master)."""
+        from deepspeed.utils import safe_get_full_fp32_param
 
         out: dict[str, torch.Tensor] = {}
         for p in self._params:
-            with deepspeed.zero.GatheredParameters([p], enabled=hasattr(p, "ds_id")):
-                out[self._names[id(p)]] = p.data.detach().float().cpu().clone()
+            master = safe_get_full_fp32_param(p)  # collective: every rank walks the same list
+            out[self._names[id(p)]] = (p.data if master is None else master).detach().float().cpu().clone()
         return out
 
     def load_trainable_state(self, sd: dict[str, torch.Tensor]) -> None:
@@ -196,6 +199,38 @@ class DeepSpeedBackend:
         load_path, _ = self.engine.load_checkpoint(str(path), load_module_strict=False)
         if load_path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {path}")
+
+
+class ZeroShards:
+    """ShardAccess under DeepSpeed ZeRO-1/2: the parameter slices in this rank's optimizer partition,
+    through DeepSpeed's own low-precision -> fp32 fragment mapping (`param._hp_mapping`)."""
+
+    def __init__(self, params: list[nn.Parameter], optimizer: Any) -> None:
+        import torch.distributed as dist
+
+        self._owned = [(i, p) for i, p in enumerate(params) if getattr(p, "_hp_mapping", None) is not None]
+        self.shards = [Shard(i, p._hp_mapping.lp_fragment_address.start, p._hp_mapping.lp_fragment_address.numel)
+                       for i, p in self._owned]
+        self._group = getattr(optimizer, "dp_process_group", None)
+        self._reduce = dist.is_initialized() and dist.get_world_size(self._group) > 1
+
+    def values(self) -> list[torch.Tensor]:
+        return [p._hp_mapping.get_hp_fragment() for _, p in self._owned]
+
+    def grads(self) -> list[torch.Tensor | None]:
+        out: list[torch.Tensor | None] = []
+        for shard, (_, p) in zip(self.shards, self._owned, strict=True):
+            grad = p._hp_mapping.get_lp_grad_fragment(p._index_in_param_group).reshape(-1)
+            if grad.numel() != shard.numel:  # a rank keeping a whole-parameter buffer: take its slice
+                grad = grad.narrow(0, shard.start, shard.numel)
+            out.append(grad)
+        return out
+
+    def all_reduce_(self, tensor: torch.Tensor) -> None:
+        if self._reduce:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, group=self._group)
 
 
 def _device() -> torch.device:

@@ -2,7 +2,7 @@
 
 from lingo_core.train.backend import TorchBackend, TrainBackend
 from lingo_core.train.config import TrainConfig
-from lingo_core.train.trainer import EvalEvent, TrainHooks, TrainResult, evaluate, train
+from lingo_core.train.trainer import EvalEvent, TrainHooks, TrainResult, evaluate, micro_step, train
 
 __all__ = [
     "EvalEvent",
@@ -12,5 +12,6 @@ __all__ = [
     "TrainHooks",
     "TrainResult",
     "evaluate",
+    "micro_step",
     "train",
 ]

@@ -13,13 +13,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lingo_core.tuners.ars.shards import ShardAccess, WholeParams
+
 
 @runtime_checkable
 class TrainBackend(Protocol):
     """What the training loop needs from a distributed/precision backend.
 
     Call order per micro-batch (see DESIGN.md): backward(loss); b = is_boundary();
-    [controller.observe(full_grad) if b]; step(); [controller.allocate(step, write_param_) if b].
+    [controller.capture_grads() if b]; step(); [controller.allocate(step) if b].
     """
 
     rank: int
@@ -55,12 +57,9 @@ class TrainBackend(Protocol):
         """Call after every backward; applies clip + optimizer + scheduler at boundaries."""
         ...
 
-    def full_grad(self, p: nn.Parameter) -> torch.Tensor | None:
-        """Full (unsharded, accumulated) gradient of p; valid between backward and step at a boundary."""
-        ...
-
-    def write_param_(self, p: nn.Parameter, value: torch.Tensor) -> None:
-        """Set parameter p in place, including any fp32 master / sharded copy."""
+    def shard_access(self, params: list[nn.Parameter]) -> ShardAccess:
+        """The rank controller's view of `params`: the slices this rank owns, their (master) values and
+        reduced gradients, and a sum over ranks. Call after prepare()."""
         ...
 
     def current_lr(self) -> float: ...
@@ -93,8 +92,17 @@ def linear_warmup_decay(warmup_steps: int, total_steps: int):
     return f
 
 
+def frozen_to_bf16(model: nn.Module, trainable: set[int]) -> None:
+    """Store the frozen floating-point weights in bf16 (the LM is read, never updated: no fp32 copy of it
+    is needed on the GPU). Trainable parameters keep fp32 for the optimizer."""
+    for p in model.parameters():
+        if id(p) not in trainable and p.is_floating_point() and p.dtype != torch.bfloat16:
+            p.data = p.data.to(torch.bfloat16)
+
+
 class TorchBackend:
-    """Single process, one device. bf16 autocast on CUDA (params and optimizer stay fp32), fp32 on CPU."""
+    """Single process, one device. On a bf16-capable GPU: frozen weights in bf16, trainable ones and the
+    optimizer in fp32, forward under bf16 autocast, fused AdamW. On CPU: everything fp32."""
 
     def __init__(
         self,
@@ -128,8 +136,6 @@ class TorchBackend:
         warmup_steps: int,
         total_steps: int,
     ) -> nn.Module:
-        model.to(self.device)
-        self._model = model
         wanted = {id(p) for p in params} if params is not None else None
         self._params = {
             n: p
@@ -138,21 +144,31 @@ class TorchBackend:
         }
         if not self._params:
             raise ValueError("model has no trainable parameters; check the adapter method")
+        if self._bf16:
+            frozen_to_bf16(model, {id(p) for p in self._params.values()})
+        model.to(self.device)
+        self._model = model
         # No decay on biases and norm weights (1-D), the usual AdamW practice.
         decay = [p for p in self._params.values() if p.ndim >= 2]
         no_decay = [p for p in self._params.values() if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}]
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
-        # foreach=False: identical numerics across CPU runs regardless of tensor grouping (resume tests)
-        self.optimizer = torch.optim.AdamW(groups, lr=lr, foreach=False)
+        # GPU: one fused kernel for all tensors. CPU: foreach=False, identical numerics regardless of
+        # tensor grouping (resume tests compare runs bit for bit).
+        fast = {"fused": True} if self.device.type == "cuda" else {"foreach": False}
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, **fast)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, linear_warmup_decay(warmup_steps, total_steps)
         )
         return model
 
+    @property
+    def _bf16(self) -> bool:
+        return self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
+        if self._bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()  # CPU: fp32; CPU bf16 autocast is slower on most CPUs and noisier
 
@@ -175,12 +191,8 @@ class TorchBackend:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def full_grad(self, p: nn.Parameter) -> torch.Tensor | None:
-        return p.grad
-
-    def write_param_(self, p: nn.Parameter, value: torch.Tensor) -> None:
-        with torch.no_grad():
-            p.copy_(value.to(device=p.device, dtype=p.dtype))
+    def shard_access(self, params: list[nn.Parameter]) -> ShardAccess:
+        return WholeParams(params)
 
     def current_lr(self) -> float:
         assert self.scheduler is not None, "call prepare() first"

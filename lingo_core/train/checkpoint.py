@@ -4,7 +4,8 @@ Layout of `step-NNNNNNN/`:
   backend/                       the backend's own state (trainable weights, optimizer, scheduler)
   trainer_state.json             step, best-so-far bookkeeping, config
   best_trainable.safetensors     the dev-selected trainable weights so far (rank 0)
-  controller.safetensors         the rank controller's state (ars/adalora; rank 0)
+  controller.rank<R>.safetensors the rank controller's state (ars/adalora), one per rank: under ZeRO each
+                                 rank keeps importance statistics for the slice of the adapter it owns
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _controller_file(rank: int) -> str:
+    return f"controller.rank{rank}.safetensors"
+
+
 def _controller_to_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     tensors, kinds = {}, {}
     for k, v in sd.items():
@@ -56,13 +61,13 @@ def save_checkpoint(root: Path, step: int, backend, controller, state: dict, bes
         tmp.mkdir(parents=True)
     _barrier()
     backend.save_checkpoint(tmp / "backend")
+    if controller is not None:
+        tensors, kinds = _controller_to_tensors(controller.state_dict())
+        save_file(tensors, str(tmp / _controller_file(backend.rank)), metadata={"kinds": json.dumps(kinds)})
     if backend.rank == 0:
         (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=1))
         if best_state is not None:
             save_file(best_state, str(tmp / "best_trainable.safetensors"))
-        if controller is not None:
-            tensors, kinds = _controller_to_tensors(controller.state_dict())
-            save_file(tensors, str(tmp / "controller.safetensors"), metadata={"kinds": json.dumps(kinds)})
     _barrier()  # every rank's shards are in tmp before it takes its final name
     if node_leader:
         shutil.rmtree(final, ignore_errors=True)
@@ -81,8 +86,9 @@ def load_checkpoint(path: Path, backend, controller) -> tuple[dict, dict | None]
     backend.load_checkpoint(path / "backend")
     state = json.loads((path / TRAINER_STATE).read_text())
     if controller is not None:
-        with safe_open(str(path / "controller.safetensors"), "pt") as f:
+        file = path / _controller_file(backend.rank)
+        with safe_open(str(file), "pt") as f:
             kinds = json.loads(f.metadata()["kinds"])
-        controller.load_state_dict(_controller_from_tensors(load_file(str(path / "controller.safetensors")), kinds))
+        controller.load_state_dict(_controller_from_tensors(load_file(str(file)), kinds))
     best = path / "best_trainable.safetensors"
     return state, (load_file(str(best)) if best.is_file() else None)

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from lingo_core.tuners.config import AdapterSettings
+from lingo_core.tuners.config import RENAMED_KEYS, AdapterSettings
 
 TOKENIZATIONS = ("bbpe", "onehot")
 
@@ -148,6 +148,8 @@ def _build(cls: type, d: Any, path: str) -> Any:
     unknown = sorted(set(d) - set(fields))
     if unknown:
         key = f"{path}.{unknown[0]}" if path else unknown[0]
+        if cls is AdapterSettings and unknown[0] in RENAMED_KEYS:
+            raise ValueError(f"{key}: {RENAMED_KEYS[unknown[0]]}")
         raise ValueError(f"unknown key {key!r} in {cls.__name__}; valid keys: {', '.join(sorted(fields))}")
     kwargs = dict(d)
     if cls is TrainConfig and "adapter" in kwargs:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from lingo_core.train.backend import TorchBackend, TrainBackend
 from lingo_core.train.checkpoint import load_checkpoint, save_checkpoint
 from lingo_core.train.config import TrainConfig
 from lingo_core.train.metrics import classification_metrics
+
+if TYPE_CHECKING:
+    from lingo_core.tuners.ars import RankController
 
 _SCALARS = ("mcc", "f1", "accuracy", "auroc", "loss")  # metrics forwarded to hooks as dev_<name>
 
@@ -162,6 +165,25 @@ def _barrier() -> None:
 
 
 # ---- the loop ------------------------------------------------------------------------------------------------
+def micro_step(model: nn.Module, batch: dict[str, torch.Tensor], backend: TrainBackend,
+               controller: RankController | None) -> tuple[torch.Tensor, bool]:
+    """Forward, loss, backward and, at an accumulation boundary, the optimizer step of one micro-batch.
+
+    Returns the detached task loss (on device: nothing is read back) and whether an optimizer step
+    happened; after one the caller calls `controller.allocate(step)`. The model is called without labels
+    so the trainer owns the loss: cross-entropy in fp32 plus the rank controller's regulariser."""
+    labels = batch.pop("labels").to(backend.device, non_blocking=True)
+    with _autocast(backend):
+        logits = model(**{k: v.to(backend.device, non_blocking=True) for k, v in batch.items()}).logits
+    task_loss = nn.functional.cross_entropy(logits.float(), labels)
+    backend.backward(task_loss + controller.regularization() if controller is not None else task_loss)
+    boundary = backend.is_boundary()
+    if boundary and controller is not None:
+        controller.capture_grads()  # between the last backward and the step: the step may free the grads
+    backend.step()
+    return task_loss.detach(), boundary
+
+
 def train(
     cfg: TrainConfig,
     backend: TrainBackend | None = None,
@@ -198,34 +220,34 @@ def train(
     n_total = sum(p.numel() for p in raw.parameters())
     model = backend.prepare(raw, params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             warmup_steps=cfg.warmup_steps(total_steps), total_steps=total_steps)
+    if controller is not None:  # after prepare: the controller's state lives where the model now is
+        controller.bind(backend.shard_access(controller.params))
 
     eval_loaders = {s: _loader(data[s], [list(range(i, min(i + cfg.batch_size, len(data[s]))))
                                          for i in range(0, len(data[s]), cfg.batch_size)], tok.collate, cfg)
                     for s in ("dev", "test")}
     step, best_step, best_mcc, best_state, best_dev = 0, 0, -math.inf, None, {}
-    best_pattern = controller.rank_pattern() if controller is not None else None
-    budget_history: list[dict[str, int]] = []
     n_dev_evals = 0
     if resume_from is not None:
         st, best_state = load_checkpoint(Path(resume_from), backend, controller)
         step, best_step, best_mcc = st["step"], st["best_step"], st["best_mcc"]
-        best_dev, best_pattern = st["best_dev_metrics"], st["best_rank_pattern"]
-        budget_history, n_dev_evals = st["budget_history"], st["num_dev_evals"]
+        best_dev, n_dev_evals = st["best_dev_metrics"], st["num_dev_evals"]
 
     def dev_eval(epoch: int) -> None:
-        nonlocal best_step, best_mcc, best_state, best_dev, best_pattern, n_dev_evals
+        nonlocal best_step, best_mcc, best_state, best_dev, n_dev_evals
         m = _metrics(evaluate(model, eval_loaders["dev"], backend, f"dev@{step}"), spec.num_labels,
                      spec.label_names)
         n_dev_evals += 1
-        is_best = m["mcc"] > best_mcc  # strict: on ties the earlier (cheaper-to-reach) step wins
+        # ars/adalora: only weights under the final rank pattern are candidates, so the exported adapter
+        # has exactly the target budget (a mid-pruning checkpoint would carry more ranks).
+        selectable = controller is None or controller.final
+        is_best = selectable and m["mcc"] > best_mcc  # strict: on ties the earlier (cheaper-to-reach) step wins
         if is_best:
             best_step, best_mcc, best_dev, best_state = step, m["mcc"], m, backend.trainable_state()
-            best_pattern = controller.rank_pattern() if controller is not None else None
         ckpt = None
         if cfg.save_checkpoints:
             state = {"step": step, "epoch": epoch, "best_step": best_step, "best_mcc": best_mcc,
-                     "best_dev_metrics": best_dev, "best_rank_pattern": best_pattern,
-                     "budget_history": budget_history, "num_dev_evals": n_dev_evals, "total_steps": total_steps,
+                     "best_dev_metrics": best_dev, "num_dev_evals": n_dev_evals, "total_steps": total_steps,
                      "rng": {"seed": cfg.seed, "data_order": "default_rng([seed, epoch])",
                              "dropout": "manual_seed(seed * 1000003 + micro_batch_index)"},
                      "config": cfg.to_dict()}
@@ -237,7 +259,7 @@ def train(
     bar = tqdm(total=total_steps, initial=step, desc=f"train {spec.name} [{settings.method}]",
                disable=rank != 0, dynamic_ncols=True)
     zero = torch.zeros((), device=backend.device)  # running loss stays on device: no sync per micro-batch
-    loss_sum, loss_n, info = zero.clone(), 0, {"budget": 0, "active_ranks": 0, "regrown": 0, "dropped": 0}
+    loss_sum, loss_n = zero.clone(), 0
     while step < total_steps:
         epoch, offset = divmod(step, spe)
         batches = epoch_batches(n_train, epoch, cfg, rank, world)
@@ -247,28 +269,18 @@ def train(
             model.train()
             torch.manual_seed(cfg.seed * 1_000_003 + micro)
             micro += 1
-            with _autocast(backend):
-                out = model(**{k: v.to(backend.device) for k, v in batch.items()})
-            backend.backward(out.loss)
-            loss_sum += out.loss.detach().float()
+            task_loss, boundary = micro_step(model, batch, backend, controller)
+            loss_sum += task_loss
             loss_n += 1
-            boundary = backend.is_boundary()
-            if boundary and controller is not None:
-                controller.observe(backend.full_grad)
-            backend.step()
             if not boundary:
                 continue
             step += 1
             bar.update(1)
             if controller is not None:
-                info = controller.allocate(step, backend.write_param_)
-                last = budget_history[-1] if budget_history else None
-                entry = {"step": step, **{k: int(info[k]) for k in ("budget", "active_ranks")}}
-                if last is None or step % cfg.log_every == 0 or any(last[k] != entry[k] for k in entry if k != "step"):
-                    budget_history.append(entry)
-            if step % cfg.log_every == 0 or step == total_steps:
+                controller.allocate(step)
+            if step % cfg.log_every == 0 or step == total_steps:  # the only host reads of the step
                 logs = {"loss": float(loss_sum) / max(1, loss_n), "lr": backend.current_lr(), "epoch": epoch,
-                        **{k: int(v) for k, v in info.items()}}
+                        **(controller.stats() if controller is not None else {})}
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
                 if hooks.on_log is not None:
                     hooks.on_log(step, logs)
@@ -287,6 +299,8 @@ def train(
     n_test_evals = 1  # the only test pass of the run, on the dev-selected weights
     test_metrics = _metrics(test_ev, spec.num_labels, spec.label_names)
     identity = model_identity(ref)
+    final_pattern = controller.rank_pattern() if controller is not None else None  # == the selected weights'
+    budget_history = controller.history() if controller is not None else []
     artifact_dir = None
     with (getattr(backend, "gathered", None) or contextlib.nullcontext)():
         if rank == 0:
@@ -295,14 +309,14 @@ def train(
             artifact_dir = save_adapter(
                 raw, out_dir / "adapter", task=spec, tokenizer_mode=cfg.tokenization, template=TEMPLATE,
                 base_identity=identity, metrics={"dev": best_dev, "test": test_metrics},
-                method=settings.method, rank_pattern=best_pattern, max_length=max_length)
+                method=settings.method, rank_pattern=final_pattern, max_length=max_length)
     _barrier()
     return TrainResult(
         task=spec.name, method=settings.method, best_step=best_step, dev_metrics=best_dev,
         test_metrics=test_metrics, label_names=list(spec.label_names),
         test_predictions={"labels": test_ev["labels"].tolist(), "preds": test_ev["preds"].tolist(),
                           "probs": test_ev["probs"].tolist()},
-        budget_history=budget_history, rank_pattern=best_pattern, trainable_params=n_trainable,
+        budget_history=budget_history, rank_pattern=final_pattern, trainable_params=n_trainable,
         total_params=n_total, trainable_fraction=n_trainable / n_total, total_steps=total_steps,
         num_dev_evals=n_dev_evals, num_test_evals=n_test_evals, artifact_dir=artifact_dir, model_identity=identity,
         wall_time_s=time.perf_counter() - t0, config={**cfg.to_dict(), "adapter": dataclasses.asdict(settings),

@@ -1,6 +1,6 @@
 """Fine-tuning methods: settings, the ARS / AdaLoRA rank controller, and build_model."""
 
-from lingo_core.tuners.ars import ARSConfig, RankController, RankSampler
+from lingo_core.tuners.ars import RankController, RankSchedule
 from lingo_core.tuners.config import (
     METHODS,
     RANK_METHODS,
@@ -20,10 +20,9 @@ __all__ = [
     "METHODS",
     "RANK_METHODS",
     "SAMPLING_MODES",
-    "ARSConfig",
     "AdapterSettings",
     "RankController",
-    "RankSampler",
+    "RankSchedule",
     "build_model",
     "default_rank_budget",
     "default_target_modules",

@@ -21,16 +21,27 @@ RANK_METHODS = ("ars", "adalora")
 """Methods with an adaptive rank budget (init_r -> target_r) and a RankController."""
 
 SAMPLING_MODES = ("uniform", "importance")
+"""How ARS picks triplets to reintroduce / drop: fixed probabilities, or scaled by importance."""
+
+SVD_INITS = ("lora", "adalora")
+"""How the SVD factors start: "lora" (Q like LoRA's A, P = 0, Λ = 1) or "adalora" (PEFT's: Λ = 0, P, Q ~ N(0, 0.02))."""
+
+RENAMED_KEYS = {
+    "p_regrow": "adapter.p_regrow is now adapter.exploration (the probability that a pruned triplet is "
+                "reintroduced for one resample period); p_drop is derived from it",
+    "p_drop": "adapter.p_drop is derived from adapter.exploration so that the expected active rank equals "
+              "the budget (p_drop = exploration x (n - b) / b); set adapter.exploration instead",
+}
+"""Adapter keys of earlier releases -> what to write instead (shown by every config builder)."""
 
 
-def check_sampling(owner: str, p_regrow: float, p_drop: float, sampling: str) -> None:
-    """The one check of the ARS sampling knobs, shared by AdapterSettings, ARSConfig and RankSampler."""
-    for name, value in (("p_regrow", p_regrow), ("p_drop", p_drop)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{owner}.{name}: got {value!r}; expected a probability in [0, 1]")
+def check_sampling(owner: str, exploration: float, sampling: str) -> None:
+    """The one check of the ARS sampling knobs, shared by AdapterSettings and the rank schedule."""
+    if isinstance(exploration, bool) or not isinstance(exploration, (int, float)) or not 0.0 <= exploration <= 1.0:
+        raise ValueError(f"{owner}.exploration: got {exploration!r}; expected a probability in [0, 1]")
     if sampling not in SAMPLING_MODES:
         raise ValueError(f"{owner}.sampling: unknown mode {sampling!r}; expected one of {', '.join(SAMPLING_MODES)}")
-"""How ARS picks triplets to regrow / drop: fixed probabilities, or scaled by importance."""
+
 
 DEFAULT_INIT_R = 8
 """Initial rank per adapted matrix. At 8 on all 7 LLaMA projections SmolLM2-135M trains ~1.8% of its
@@ -49,6 +60,11 @@ the first scores are all zero) before they rank triplets meaningfully."""
 
 TFINAL_FRACTION = 0.20
 """Default final phase at fixed ranks: the surviving triplets need steps to adapt after the last prune."""
+
+RESAMPLES_PER_DECAY = 8
+"""Default number of ARS resample periods over the pruning phase: a period of 1/8 of it (about 50 steps
+in a 600-step run) lets a reintroduced triplet train and its importance EMA (time constant
+1 / (1 - beta1) ~ 7 steps) reflect its own gradients before it competes for the budget again."""
 
 
 def _is_int(value: object) -> bool:
@@ -69,20 +85,25 @@ class AdapterSettings:
     """ars/adalora: warm-up steps at full rank before pruning starts."""
     tfinal: int | None = None  # None: TFINAL_FRACTION of total steps
     """ars/adalora: final steps at the frozen final rank pattern."""
-    deltaT: int = 1  # allocate at every optimizer step; sparser allocation made the old code prune once
-    """ars/adalora: optimizer steps between two rank allocations."""
+    deltaT: int = 1  # PEFT's default: the budget follows the cubic schedule step by step
+    """ars/adalora: optimizer steps between two budget selections (top-budget by importance)."""
+    resample_every: int | None = None  # None: RESAMPLES_PER_DECAY periods over the pruning phase
+    """ars: optimizer steps a sampling decision (which pruned triplets are reintroduced, which kept ones
+    dropped) holds before it is drawn again."""
     beta1: float = 0.85  # AdaLoRA paper value
     """EMA coefficient of the sensitivity (|w * grad|)."""
     beta2: float = 0.85  # AdaLoRA paper value
     """EMA coefficient of the uncertainty (|sensitivity - its EMA|)."""
-    orth_reg_weight: float = 0.5  # AdaLoRA paper value; keeps P and Q near-orthogonal so E ranks directions
-    """Weight of the orthogonality penalty on P and Q added to the training loss."""
-    p_regrow: float = 0.1  # one pruned triplet in ten gets a second chance per allocation
-    """ars: probability that a pruned triplet stays unmasked (regrows from its gradient)."""
-    p_drop: float = 0.1  # symmetric to p_regrow: the budget stays on target in expectation
-    """ars: probability that a kept triplet is masked anyway."""
-    sampling: str = "uniform"  # simplest, no dependence on noisy importance scores
+    orth_reg_weight: float = 0.5  # AdaLoRA paper and PEFT value
+    """ars/adalora: weight of AdaLoRA's orthogonality penalty on P and Q, added to the training loss."""
+    exploration: float = 0.1  # one pruned triplet in ten is retried per resample period
+    """ars: probability that a pruned triplet is reintroduced for one resample period. Kept triplets are
+    dropped with p_drop = exploration x (n - b) / b, so the expected active count equals the budget b."""
+    sampling: str = "uniform"  # simplest: no dependence on noisy importance scores
     """ars: "uniform" (fixed probabilities) or "importance" (scaled by triplet importance)."""
+    svd_init: str = "lora"  # P = 0, Q as LoRA's A, Λ = 1: the adapter starts as LoRA and learns as fast
+    """ars/adalora: "lora" (P = 0, Q kaiming-uniform as LoRA's A, Λ = 1) or "adalora" (PEFT's init:
+    Λ = 0, P and Q ~ N(0, 0.02), under which P and Q get no task gradient until Λ leaves zero)."""
     lora_r: int = 8  # same parameter count as ars/adalora at the default init_r
     """lora: rank."""
     lora_alpha: int = 16  # 2 x rank, the common LoRA choice
@@ -112,6 +133,12 @@ class AdapterSettings:
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 0):
                 raise ValueError(f"AdapterSettings.{name}: got {value!r}; expected a number of steps >= 0 or None")
+        if self.resample_every is not None and (not _is_int(self.resample_every) or self.resample_every < 1):
+            raise ValueError(
+                f"AdapterSettings.resample_every: got {self.resample_every!r}; expected steps >= 1 or None"
+            )
+        if self.svd_init not in SVD_INITS:
+            raise ValueError(f"AdapterSettings.svd_init: got {self.svd_init!r}; expected one of {', '.join(SVD_INITS)}")
         for name in ("deltaT", "lora_r", "num_virtual_tokens"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
@@ -120,7 +147,7 @@ class AdapterSettings:
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ValueError(f"AdapterSettings.{name}: got {value!r}; expected an EMA coefficient in (0, 1)")
-        check_sampling("AdapterSettings", self.p_regrow, self.p_drop, self.sampling)
+        check_sampling("AdapterSettings", self.exploration, self.sampling)
         if self.orth_reg_weight < 0:
             raise ValueError(f"AdapterSettings.orth_reg_weight: got {self.orth_reg_weight!r}; expected >= 0")
         if self.lora_alpha <= 0:
@@ -136,6 +163,12 @@ class AdapterSettings:
                     "of module names (e.g. ['q_proj', 'v_proj']) or None for the model family's default"
                 )
             self.target_modules = list(self.target_modules)
+
+    def resample_period(self, tinit: int, tfinal: int, total_steps: int) -> int:
+        """Steps between two ARS sampling draws: resample_every, or RESAMPLES_PER_DECAY per pruning phase."""
+        if self.resample_every is not None:
+            return self.resample_every
+        return max(1, (total_steps - tinit - tfinal) // RESAMPLES_PER_DECAY)
 
     def validate_schedule(self, total_steps: int) -> tuple[int, int]:
         """(tinit, tfinal) in steps for a run of `total_steps` optimizer steps; raises if no pruning phase fits.

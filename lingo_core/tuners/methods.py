@@ -1,7 +1,7 @@
 """build_model: wrap a sequence-classification LM for one fine-tuning method.
 
-    ars      PEFT AdaLoRA + RankController(RankSampler with p_regrow / p_drop)
-    adalora  PEFT AdaLoRA + RankController(same allocator, no sampling)
+    ars      PEFT AdaLoRA layers, gated (ars/layer.py) + RankController with exploration
+    adalora  the same, exploration 0 (PEFT's AdaLoRA allocation)
     lora     PEFT LoRA
     prefix   PEFT prefix tuning
     full     every parameter trainable
@@ -21,7 +21,7 @@ from peft import AdaLoraConfig, LoraConfig, PrefixTuningConfig, TaskType, get_pe
 from torch import nn
 from transformers import PreTrainedModel
 
-from lingo_core.tuners.ars import ARSConfig, RankController
+from lingo_core.tuners.ars import RankController, RankSchedule, gate_svd_layers
 from lingo_core.tuners.config import (
     DEFAULT_INIT_R,
     METHODS,
@@ -103,10 +103,12 @@ def _with_ranks(settings: AdapterSettings) -> AdapterSettings:
     return dataclasses.replace(settings, init_r=init_r, target_r=settings.target_r or min(target_r, init_r))
 
 
-def _rank_config(settings: AdapterSettings, targets: list[str], total_steps: int, seed: int) -> AdaLoraConfig:
+def _rank_model(base: PreTrainedModel, settings: AdapterSettings, targets: list[str], total_steps: int,
+                seed: int) -> tuple[nn.Module, RankController]:
     tinit, tfinal = settings.validate_schedule(total_steps)
     settings = _with_ranks(settings)
-    common = dict(
+    # A plain AdaLoRA config: that is what save_pretrained writes, so plain PEFT loads the adapter.
+    config = AdaLoraConfig(
         task_type=TaskType.SEQ_CLS,
         init_r=settings.init_r,
         target_r=settings.target_r,
@@ -122,15 +124,23 @@ def _rank_config(settings: AdapterSettings, targets: list[str], total_steps: int
         target_modules=list(targets),
         modules_to_save=[HEAD],
     )
-    if settings.method == "adalora":
-        return AdaLoraConfig(**common)
-    return ARSConfig(
-        **common,
-        p_regrow=settings.p_regrow,
-        p_drop=settings.p_drop,
+    model = get_peft_model(base, config)
+    layers = gate_svd_layers(model, init=settings.svd_init)
+    n = settings.init_r * len(layers)
+    schedule = RankSchedule(
+        init_budget=n,
+        target_budget=settings.target_r * len(layers),
+        total_steps=total_steps,
+        tinit=tinit,
+        tfinal=tfinal,
+        deltaT=settings.deltaT,
+        resample_every=settings.resample_period(tinit, tfinal, total_steps),
+        exploration=settings.exploration if settings.method == "ars" else 0.0,
         sampling=settings.sampling,
-        sampling_seed=seed,
     )
+    controller = RankController(layers, schedule, seed=seed, beta1=settings.beta1, beta2=settings.beta2,
+                                orth_reg_weight=settings.orth_reg_weight)
+    return model, controller
 
 
 def build_model(
@@ -139,7 +149,9 @@ def build_model(
     """Wrap `base` (a *ForSequenceClassification model, modified in place) for `settings.method`.
 
     Returns the model to train and, for ars / adalora, the RankController the trainer drives. Adapter
-    weights are initialised from `seed` without touching the global RNG state.
+    weights are initialised from `seed` without touching the global RNG state. Train it without passing
+    labels and add `controller.regularization()` to the loss: PEFT's AdaLoRA forward adds its own
+    orthogonality penalty (a Python loop over every matrix) only when labels are given.
     """
     if settings.method not in METHODS:  # settings mutated after construction
         raise ValueError(f"AdapterSettings.method: unknown method {settings.method!r}; expected one of {METHODS}")
@@ -171,5 +183,4 @@ def build_model(
         if method == "prefix":
             config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=settings.num_virtual_tokens)
             return get_peft_model(base, config), None  # SEQ_CLS adds the head to modules_to_save itself
-        model = get_peft_model(base, _rank_config(settings, targets, total_steps, seed))
-    return model, RankController(model)
+        return _rank_model(base, settings, targets, total_steps, seed)

@@ -78,8 +78,16 @@ def test_unknown_nested_key_names_path(tmp_path):
 def test_unknown_train_key_names_path(tmp_path):
     msg = error_of(write(tmp_path, merged(train={"epoch": 2})))
     assert "train.epoch: unknown TrainConfig key" in msg and "'epochs'" in msg
-    msg = error_of(write(tmp_path, merged(train={"adapter": {"p_regro": 0.2}})))
-    assert "train.adapter.p_regro: unknown TrainConfig key" in msg and "adapter.p_regrow" in msg
+    msg = error_of(write(tmp_path, merged(train={"adapter": {"exploraton": 0.2}})))
+    assert "train.adapter.exploraton: unknown TrainConfig key" in msg and "adapter.exploration" in msg
+
+
+@pytest.mark.parametrize("where", ["train", "search"])
+def test_renamed_sampling_key_says_what_to_write(tmp_path, where):
+    spec = merged(train={"adapter": {"p_regrow": 0.2}}) if where == "train" else merged(
+        search={"ars": {"adapter.p_drop": 0.1}})
+    msg = error_of(write(tmp_path, spec))
+    assert "adapter.exploration" in msg and ("p_regrow" in msg or "p_drop" in msg)
 
 
 def test_unknown_key_via_override_names_override(tmp_path):
@@ -139,8 +147,8 @@ def test_schedule_longer_than_training_named(tmp_path):
 
 
 def test_search_range_checked_by_trainconfig(tmp_path):
-    msg = error_of(write(tmp_path, merged(search={"ars": {"adapter.p_regrow": {"uniform": [0.0, 1.5]}}})))
-    assert "search.ars.adapter.p_regrow" in msg and "probability" in msg
+    msg = error_of(write(tmp_path, merged(search={"ars": {"adapter.exploration": {"uniform": [0.0, 1.5]}}})))
+    assert "search.ars.adapter.exploration" in msg and "probability" in msg
     msg = error_of(write(tmp_path, merged(search={"lora": {"lr": {"loguniform": [0, 1e-2]}}})))
     assert "search.lora.lr: loguniform needs low > 0" in msg
     msg = error_of(write(tmp_path, merged(search={"lora": {"lr": {"logunifrom": [1e-4, 1e-2]}}})))
@@ -152,13 +160,13 @@ def test_search_range_checked_by_trainconfig(tmp_path):
 def test_overrides_apply(tmp_path):
     job = load_job(write(tmp_path, BASE), [
         "train.epochs=2", "methods=[ars, adalora]", "resources.workers_per_trial=2",
-        "search.ars.adapter.p_regrow=0.3", "search.lora.lr={loguniform: [1e-4, 1e-3]}",
+        "search.ars.adapter.exploration=0.3", "search.lora.lr={loguniform: [1e-4, 1e-3]}",
         "budgets.tf/0.init_r=6", "budgets.tf/0.target_r=3", "mlflow.tracking_uri=http://x:5000",
     ])
     assert job.train["epochs"] == 2
     assert job.methods == ["ars", "adalora"]
     assert job.resources.workers_per_trial == 2
-    assert job.search["ars"]["adapter.p_regrow"] == 0.3
+    assert job.search["ars"]["adapter.exploration"] == 0.3
     assert job.search["lora"]["lr"] == Dist("loguniform", (1e-4, 1e-3))
     assert (job.budgets["tf/0"].init_r, job.budgets["tf/0"].target_r) == (6, 3)
     assert job.tracking_uri == "http://x:5000"

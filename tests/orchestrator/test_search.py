@@ -23,7 +23,7 @@ SPEC = {
         "all": {"weight_decay": {"uniform": [0.0, 0.1]}},
         "ars": {
             "lr": {"loguniform": [1e-4, 1e-2]},
-            "adapter.p_regrow": {"grid": [0.0, 0.2]},
+            "adapter.exploration": {"grid": [0.0, 0.2]},
             "adapter.sampling": {"choice": ["uniform", "importance"]},
             "adapter.deltaT": {"randint": [1, 3]},
         },
@@ -54,10 +54,10 @@ def test_cells_expand_grid_only_for_its_method(job):
     got = cells(job, resolve_tasks(job))
     ars = [c for c in got if c["method"] == "ars"]
     lora = [c for c in got if c["method"] == "lora"]
-    assert len(ars) == 2 * 2 * 2  # tasks x p_regrow grid x seeds
+    assert len(ars) == 2 * 2 * 2  # tasks x exploration grid x seeds
     assert len(lora) == 2 * 2  # tasks x seeds: not multiplied by the ARS grid
     assert all(c["grid"] == {} for c in lora)
-    assert {c["grid"]["adapter.p_regrow"] for c in ars} == {0.0, 0.2}
+    assert {c["grid"]["adapter.exploration"] for c in ars} == {0.0, 0.2}
     assert all(c["budget"] is None for c in lora)
     assert {c["task"]: (c["budget"]["init_r"], c["budget"]["target_r"]) for c in ars} == {
         "tf/0": (6, 3), "prom_core_tata": (8, 2)}  # explicit; derived from 512 rows (< 5k -> 8 -> 2)
@@ -90,16 +90,16 @@ def test_sampling_is_reproducible(job):
 
 def test_materialize_precedence(job):
     cell = {"task": "tf/0", "method": "ars", "seed": 1, "budget": {"init_r": 6, "target_r": 3},
-            "grid": {"adapter.p_regrow": 0.2}}
+            "grid": {"adapter.exploration": 0.2}}
     cfg = materialize_trial(job, {"cell": cell, "params": {"lr": 2e-3, "adapter.sampling": "importance"}})
     assert cfg.task == "tf/0" and cfg.seed == 1 and cfg.adapter.method == "ars"
     assert cfg.lr == 2e-3  # search beats train (5e-4)
     assert cfg.epochs == 1 and cfg.max_train_samples == 512  # train defaults kept
-    assert cfg.adapter.p_regrow == 0.2 and cfg.adapter.sampling == "importance"
+    assert cfg.adapter.exploration == 0.2 and cfg.adapter.sampling == "importance"
     assert (cfg.adapter.init_r, cfg.adapter.target_r) == (6, 3)  # budget last
     assert cfg.adapter.lora_r == 2  # nested train default survives the merge
     assert cfg.model == "smollm2" and cfg.tokenization == "bbpe"
-    assert Path(cfg.output_dir).parts[-3:] == ("tf_0", "ars", "seed1_p_regrow=0.2")
+    assert Path(cfg.output_dir).parts[-3:] == ("tf_0", "ars", "seed1_exploration=0.2")
 
     cfg = materialize_trial(job, {"cell": {**cell, "budget": {"init_r": 4, "target_r": 4}},
                                   "params": {"adapter.init_r": 12}})

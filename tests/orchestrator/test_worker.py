@@ -112,19 +112,114 @@ def case_write_survives_step(rank: int, tmp: Path) -> None:
     assert torch.all(w == 0.0), "write was lost at the optimizer step: fp32 master copy not written"
 
 
-def case_full_grad_is_global(rank: int, tmp: Path) -> None:
+def case_shards_are_this_ranks_slice_of_the_whole(rank: int, tmp: Path) -> None:
+    """ZeroShards: over both ranks the shards tile every parameter once, with the fp32 master values and
+    the all-reduced gradient of the whole batch (the rank controller's inputs)."""
     b, engine = _backend(stage=2, lr=0.0)
+    params = list(engine.module.parameters())
+    access = b.shard_access(params)
     x, y = _batch()
     loss = nn.functional.cross_entropy(engine(x[rank * 4:(rank + 1) * 4]), y[rank * 4:(rank + 1) * 4])
     b.backward(loss)
     assert b.is_boundary()
-    got = {n: b.full_grad(p) for n, p in engine.module.named_parameters()}
+    values, grads = access.values(), access.grads()
     b.step()
     ref = _model()
     nn.functional.cross_entropy(ref(x), y).backward()  # whole batch, one process
-    for n, p in ref.named_parameters():
-        assert got[n] is not None, n
-        assert torch.allclose(got[n].reshape(p.shape), p.grad, atol=1e-6), n
+    ref_params = list(ref.parameters())
+    covered = [torch.zeros(p.numel()) for p in params]
+    for shard, v, g in zip(access.shards, values, grads, strict=True):
+        want = ref_params[shard.param]
+        sl = slice(shard.start, shard.start + shard.numel)
+        assert v.dtype == torch.float32 and torch.equal(v.cpu(), want.detach().reshape(-1)[sl])
+        assert torch.allclose(g.float().cpu(), want.grad.reshape(-1)[sl], atol=1e-6)
+        covered[shard.param][sl] += 1
+    for c in covered:  # sum over ranks: every element owned exactly once
+        dist.all_reduce(c)
+        assert torch.equal(c, torch.ones_like(c))
+
+
+def case_bf16_master_survives_state_roundtrip(rank: int, tmp: Path) -> None:
+    """Under bf16 the module holds bf16 copies; trainable_state() -> load_trainable_state() (how the trainer
+    restores the dev-selected weights) must hand back the fp32 master, never a bf16-rounded copy."""
+    from orchestrator.worker import DeepSpeedBackend, DeepSpeedSettings
+
+    b = DeepSpeedBackend(DeepSpeedSettings(zero_stage=2, micro_batch_size=4, grad_accum=1, bf16=True))
+    engine = b.prepare(_model(), lr=1e-2, weight_decay=0.0, warmup_steps=0, total_steps=100)
+    for _ in range(3):
+        x, y = _batch()
+        b.backward(nn.functional.cross_entropy(engine(x[rank * 4:(rank + 1) * 4].bfloat16()).float(),
+                                               y[rank * 4:(rank + 1) * 4]))
+        b.step()
+    assert engine.module[0].weight.dtype == torch.bfloat16
+    state = b.trainable_state()
+    finer = [float((t != t.bfloat16().float()).float().mean()) for t in state.values()]
+    assert min(finer) > 0.5, f"master values are bf16-rounded: {finer}"
+    b.load_trainable_state(state)
+    again = b.trainable_state()
+    for n, t in state.items():
+        assert torch.equal(again[n], t), n
+
+
+def case_ars_ranks_agree(rank: int, tmp: Path) -> None:
+    """Two data-parallel ranks under ZeRO-2 run ARS with exploration: every allocation and the final
+    pattern agree, and the sharded scores equal the scores of the whole tensors."""
+    import json
+
+    from transformers import OPTConfig, OPTForSequenceClassification
+
+    from lingo_core.tuners import AdapterSettings, build_model
+    from orchestrator.worker import DeepSpeedBackend, DeepSpeedSettings
+
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=64, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                       word_embed_proj_dim=32, max_position_embeddings=64, pad_token_id=1, num_labels=2)
+    model, controller = build_model(OPTForSequenceClassification(config).float(), AdapterSettings(
+        init_r=4, target_r=2, tinit=2, tfinal=4, exploration=0.4, resample_every=3, lora_dropout=0.0), 16, seed=3)
+    b = DeepSpeedBackend(DeepSpeedSettings(zero_stage=2, micro_batch_size=4, grad_accum=1))
+    engine = b.prepare(model, [p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0,
+                       warmup_steps=0, total_steps=16)
+    access = b.shard_access(controller.params)
+    assert 0 < sum(s.numel for s in access.shards) < sum(p.numel() for p in controller.params)  # a slice each
+    controller.bind(access)
+    gen = torch.Generator().manual_seed(rank)  # each rank its own data, as in data parallelism
+    for step in range(1, 17):
+        ids = torch.randint(3, 64, (4, 8), generator=gen)
+        logits = engine(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        b.backward(nn.functional.cross_entropy(logits, torch.randint(0, 2, (4,), generator=gen))
+                   + controller.regularization())
+        controller.capture_grads()
+        if step == 8:  # one importance update from this rank's slices vs from the whole tensors
+            from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
+
+            from lingo_core.tuners.ars.importance import TripletImportance
+            from lingo_core.tuners.ars.shards import WholeParams
+
+            sharded = TripletImportance(controller.slots, access, controller.n, 0.5, 0.5, torch.device("cpu"))
+            sharded.capture()
+            grads = [safe_get_full_grad(p).float().clone() for p in controller.params]
+        b.step()
+        controller.allocate(step)
+        if step == 8:
+            sharded.update()
+            whole_params = [torch.nn.Parameter(safe_get_full_fp32_param(p).float().clone()) for p in controller.params]
+            for p, g in zip(whole_params, grads, strict=True):
+                p.grad = g
+            whole = TripletImportance(controller.slots, WholeParams(whole_params), controller.n, 0.5, 0.5,
+                                      torch.device("cpu"))
+            whole.capture()
+            whole.update()
+            want = whole.scores()
+            assert want.abs().sum() > 0
+            torch.testing.assert_close(sharded.scores(), want, rtol=1e-5, atol=1e-12)
+    record = {"history": controller.history(), "pattern": controller.rank_pattern(),
+              "scores": [round(v, 6) for v in controller.importance.scores().tolist()]}
+    (tmp / f"rank{rank}.json").write_text(json.dumps(record))
+    dist.barrier()
+    other = json.loads((tmp / f"rank{1 - rank}.json").read_text())
+    assert other["history"] == record["history"] and other["pattern"] == record["pattern"]
+    assert other["scores"] == record["scores"]
+    assert sum(h["regrown"] + h["dropped"] for h in record["history"]) > 0  # exploration happened
 
 
 def case_checkpoint_roundtrip(rank: int, tmp: Path) -> None:
@@ -162,7 +257,8 @@ def case_zero3_state_and_write(rank: int, tmp: Path) -> None:
 
 # ---- tests --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", ["case_write_survives_step", "case_full_grad_is_global",
+@pytest.mark.parametrize("case", ["case_write_survives_step", "case_shards_are_this_ranks_slice_of_the_whole",
+                                  "case_bf16_master_survives_state_roundtrip", "case_ars_ranks_agree",
                                   "case_checkpoint_roundtrip", "case_zero3_state_and_write"])
 def test_deepspeed_backend(case: str, tmp_path: Path) -> None:
     _spawn(case, tmp_path)

@@ -1,30 +1,46 @@
-"""ARS: adaptive rank sampling on top of PEFT AdaLoRA.
+"""ARS: adaptive rank sampling on PEFT's SVD-form (AdaLoRA) adapters.
 
-Every adapted weight W (d_out x d_in) gets an SVD-shaped update with r = init_r triplets:
+Every adapted weight W (d_out x d_in) gets r = init_r singular triplets (p_i, λ_i, q_i):
 
-      W + P . Lambda . Q          P = lora_B (d_out x r)   Lambda = lora_E (r x 1)   Q = lora_A (r x d_in)
+      W x + P · diag(Λ ⊙ g) · Q x        P = lora_B (d_out x r)   Λ = lora_E (r x 1)   Q = lora_A (r x d_in)
 
-      +----------+   +-----------------+   +-------------------+
-      | p1 ... pr| x | diag(l1 .. lr)  | x | q1 (row)          |     triplet i = (p_i, l_i, q_i)
-      |          |   |  * mask m_i     |   | ...               |     masked triplet: l_i := 0
-      +----------+   +-----------------+   | qr                |
-                                           +-------------------+
+      g_i = scale when triplet i is active, 0 when it is not: a gate applied in the forward pass
+      (layer.py); masking never overwrites P, Λ or Q.
 
-  Each allocation (every optimizer step in the decay phase):
-      score_i = S(l_i) + mean_j S(P_ji) + mean_j S(Q_ij)      S = EMA|w*g| x EMA(uncertainty)
-      rank all triplets of all layers by score, keep the top `budget` (cubic decay init -> target)
+  importance (every step until the final selection; importance.py)
+      s_i = S(λ_i) + mean_j S(Q_ij) + mean_j S(P_ji),   S = EMA|w·∂L/∂w| × EMA(uncertainty)  (AdaLoRA)
 
-      kept    (top-budget) --p_drop-->   DROP   : l_i := 0 this step
-      pruned  (the rest)   --p_regrow--> REGROW : left unmasked, the optimizer regrows l_i from its gradient
-      pruned  otherwise                  PRUNE  : l_i := 0
+  budget b(t): cubic decay from init_r to target_r per matrix over the pruning phase (schedule.py)
+      kept          = top-b(t) triplets of all matrices by s, every deltaT steps
+      reintroduced  ⊂ pruned, each with p_regrow = exploration      } drawn every resample period and
+      dropped       ⊂ kept,   each with p_drop = exploration (n-b)/b } held for it: E[active] = b
+      active        = (kept \\ dropped) ∪ reintroduced
 
-      active = kept - dropped + regrown   (<= budget + regrown)
-  The final allocation (step T - tfinal) is a deterministic top-target; then the pattern is frozen.
-  Random draws come from a private generator seeded per trial: all data-parallel ranks agree.
+  A reintroduced triplet resumes from its stored values, trains on task gradients and is scored from
+  them while active; at the next draw it competes with the kept ones for the budget. The final selection
+  (step T - tfinal) is the deterministic top-target; that pattern trains alone to the end and is what
+  the exported adapter (a plain PEFT AdaLoRA adapter with rank_pattern) contains.
+
+  "adalora" is the same machinery with exploration 0: PEFT's allocation and call order.
+  Exploration draws come from a private generator seeded per trial: every data-parallel rank agrees.
 """
 
-from lingo_core.tuners.ars.config import ARSConfig
+from lingo_core.tuners.ars.layer import GatedSVDLinear, OrthogonalityPenalty, gate_svd_layers
 from lingo_core.tuners.ars.model import RankController
-from lingo_core.tuners.ars.sampler import RankSampler, copy_into, param_grad
+from lingo_core.tuners.ars.sampler import TripletSampler, select_top
+from lingo_core.tuners.ars.schedule import RankSchedule, exploration_probabilities
+from lingo_core.tuners.ars.shards import Shard, ShardAccess, WholeParams
 
-__all__ = ["ARSConfig", "RankController", "RankSampler", "copy_into", "param_grad"]
+__all__ = [
+    "GatedSVDLinear",
+    "OrthogonalityPenalty",
+    "RankController",
+    "RankSchedule",
+    "Shard",
+    "ShardAccess",
+    "TripletSampler",
+    "WholeParams",
+    "exploration_probabilities",
+    "gate_svd_layers",
+    "select_top",
+]

@@ -1,142 +1,202 @@
-"""RankController: drives the rank budget of an AdaLoRA-family PEFT model through training.
+"""RankController: drives the rank budget of an ars / adalora model through training.
 
-Trainer contract (docs/DESIGN.md): after backward at an optimizer boundary call `observe(grad_of)`;
-after `optimizer.step()` call `allocate(global_step, write_)`. Phases, with T = total steps:
+Trainer contract (docs/DESIGN.md): bind once after the backend has placed the model
+(`bind(backend.shard_access(controller.params))`); at every optimizer step call `capture_grads()`
+after the last backward and before the optimizer step, then `allocate(step)` after it. Add
+`regularization()` to each micro-batch's loss. Phases and formulas: `ars/schedule.py`.
 
-    step <= tinit            warm-up: full rank, importance EMAs accumulate
-    tinit < step < T-tfinal  cubic budget decay; every deltaT steps: top-budget + regrow/drop sampling
-    step == T-tfinal         final allocation: deterministic top-target (budget == target exactly)
-    step >  T-tfinal         frozen: the final pattern is re-applied after every optimizer step
+State is flat and lives on the training device: the importance EMAs (importance.py), the kept set,
+the exploration decisions in force and the gate the layers read (layer.py). An allocation is one
+scatter-add, one sort and a few element-wise kernels, with no read-back to the host; once the final
+pattern is chosen the controller does nothing at all.
 
-"ars" uses the configured p_regrow / p_drop; "adalora" is the same controller with both at 0, which is
-AdaLoRA's own allocation.
+    active = (kept \\ dropped) ∪ reintroduced      kept = top-b(t) by importance, every deltaT steps
+                                                   dropped, reintroduced: drawn every resample period
 """
 
 from __future__ import annotations
 
 import torch
-from peft import PeftModel
+from torch import nn
 
-from lingo_core.tuners.ars.config import ARSConfig
-from lingo_core.tuners.ars.sampler import GradOf, RankSampler, WriteFn
+from lingo_core.tuners.ars.importance import FactorSlot, TripletImportance
+from lingo_core.tuners.ars.layer import GatedSVDLinear, OrthogonalityPenalty
+from lingo_core.tuners.ars.sampler import TripletSampler, select_top
+from lingo_core.tuners.ars.schedule import RankSchedule
+from lingo_core.tuners.ars.shards import ShardAccess, WholeParams
+
+_COUNTS = ("active_ranks", "regrown", "dropped")
 
 
 class RankController:
-    """Rank allocation for an AdaLoRA / ARS `PeftModel` (one trainable adapter)."""
+    """Rank allocation for the gated SVD layers of one adapter."""
 
-    def __init__(self, model: PeftModel, adapter_name: str = "default") -> None:
-        self.model = model
+    def __init__(
+        self,
+        layers: list[tuple[str, GatedSVDLinear]],
+        schedule: RankSchedule,
+        *,
+        seed: int,
+        beta1: float,
+        beta2: float,
+        orth_reg_weight: float,
+        adapter_name: str = "default",
+    ) -> None:
+        self.schedule = schedule
         self.adapter_name = adapter_name
-        self.config = model.peft_config[adapter_name]
-        # Parameter names (and rank_pattern keys) are relative to the wrapped transformers model, as in PEFT.
-        self.inner = model.base_model.model
-        self.sampler = RankSampler(self.inner, self.config, adapter_name)
-        self.method = "ars" if isinstance(self.config, ARSConfig) else "adalora"
-        self.total_steps: int = self.config.total_step
-        self.final_step: int = self.config.total_step - self.config.tfinal
+        self.beta1, self.beta2, self.orth_reg_weight = beta1, beta2, orth_reg_weight
+        self.method = "ars" if schedule.exploration > 0 else "adalora"
+        self.layers = [layer for _, layer in layers]
+        self.names = [f"{path}.lora_E" for path, _ in layers]
+        """rank_pattern keys, as adapter_config.json stores them (module path + '.lora_E')."""
+        self.ranks_init = [layer.lora_E[adapter_name].shape[0] for layer in self.layers]
+        self.offsets = [sum(self.ranks_init[:i]) for i in range(len(self.layers))]
+        self.n = sum(self.ranks_init)
+        if self.n != schedule.init_budget:
+            raise ValueError(f"RankSchedule.init_budget {schedule.init_budget} != {self.n} triplets in the model")
+        self.params: list[nn.Parameter] = []
+        self.slots: list[FactorSlot] = []
+        for layer, offset in zip(self.layers, self.offsets, strict=True):
+            for kind, attr in (("A", "lora_A"), ("B", "lora_B"), ("E", "lora_E")):
+                p = getattr(layer, attr)[adapter_name]
+                self.params.append(p)
+                self.slots.append(FactorSlot(kind, offset, tuple(p.shape)))
+        self.sampler = TripletSampler(schedule.exploration, schedule.sampling, seed)
         self.step = 0
-        self._pattern: dict[str, list[bool]] | None = None  # active pattern after the last allocation
-        self._final: dict[str, list[bool]] | None = None  # frozen once step reaches final_step
-        self.budget_history: list[tuple[int, int, int]] = []
-        """(step, budget in force, active ranks) for every allocate() call."""
-        self.allocations: list[dict[str, int]] = []
-        """Full record of every allocate() call: step, budget, active_ranks, regrown, dropped."""
+        self.final = False
+        self._bound = False
 
-    @property
-    def init_budget(self) -> int:
-        return self.sampler.init_bgt
+    # -- binding ---------------------------------------------------------------------------------------
+    def bind(self, access: ShardAccess | None = None) -> None:
+        """Build the flat state on the device the model now lives on; `access` reads values and gradients
+        (default: whole parameters and their .grad, a single process)."""
+        e = self.params[2]
+        device, dtype = e.device, e.dtype
+        self.access = access if access is not None else WholeParams(self.params)
+        self.importance = TripletImportance(self.slots, self.access, self.n, self.beta1, self.beta2, device)
+        self.scale = torch.tensor([layer.rank_scale for layer in self.layers], dtype=torch.float32).repeat_interleave(
+            torch.tensor(self.ranks_init)).to(device)
+        self.kept = torch.ones(self.n, dtype=torch.bool, device=device)
+        self.reintroduced = torch.zeros(self.n, dtype=torch.bool, device=device)
+        self.dropped = torch.zeros(self.n, dtype=torch.bool, device=device)
+        self.gate = torch.empty(self.n, dtype=dtype, device=device)
+        self.active_f = torch.ones(self.n, device=device)  # 1.0 / 0.0 per triplet, for the regulariser
+        self.penalty = OrthogonalityPenalty(
+            [(slot.kind, p, slot.offset) for slot, p in zip(self.slots, self.params, strict=True) if slot.kind != "E"])
+        for layer, offset, r in zip(self.layers, self.offsets, self.ranks_init, strict=True):
+            layer.rank_gate = self.gate[offset : offset + r].view(r, 1)
+        self.counts = torch.zeros((self.schedule.total_steps + 1, len(_COUNTS)), dtype=torch.int32, device=device)
+        self._bound = True
+        self._apply()
 
-    @property
-    def target_budget(self) -> int:
-        return self.sampler.target_bgt
+    def _ensure_bound(self) -> None:
+        if not self._bound:
+            self.bind()
 
-    def observe(self, grad_of: GradOf | None = None) -> None:
-        """Fold this step's gradients into the importance EMAs (no-op once the final pattern is due)."""
-        # As PEFT: the step that makes the final allocation (and all after it) adds no importance.
-        if self._final is not None or self.step + 1 >= self.final_step:
-            return
-        self.sampler.update_ipt(self.inner, grad_of)
+    # -- the step --------------------------------------------------------------------------------------
+    def capture_grads(self) -> None:
+        """Keep this step's gradients for the importance EMAs (only while they are still used)."""
+        self._ensure_bound()
+        if not self.final and self.schedule.observes(self.step + 1):
+            self.importance.capture()
 
-    def allocate(self, step: int, write_: WriteFn | None = None) -> dict[str, int]:
-        """Apply the rank budget for optimizer step `step` (1-based); returns budget and counts."""
-        if step < self.final_step:
-            budget, mask_now = self.sampler.budget_schedule(step)
-            if mask_now:
-                self._pattern = self.sampler.mask_to_budget(self.inner, budget, write_, stochastic=True)
-                self.config.rank_pattern = dict(self._pattern)  # a mid-run save_pretrained resizes to it
-                stats = dict(self.sampler.last_allocation)
-            else:  # warm-up, or between deltaT allocations: nothing masked now
-                active = self._count(self._pattern) if self._pattern is not None else self.init_budget
-                stats = {"budget": budget, "active_ranks": active, "regrown": 0, "dropped": 0}
-        elif self._final is None:
-            self._final = self.sampler.mask_to_budget(self.inner, self.target_budget, write_, stochastic=False)
-            self._pattern = self._final
-            self.config.rank_pattern = dict(self._final)  # save_pretrained writes it and resizes the weights
-            self.sampler.reset_ipt()  # EMAs are never used again; free them
-            stats = dict(self.sampler.last_allocation)
-        else:
-            # The optimizer moved masked singular values off zero; put the frozen pattern back.
-            self.sampler.apply_pattern(self.inner, self._final, write_)
-            stats = {"budget": self.target_budget, "active_ranks": self._count(self._final), "regrown": 0,
-                     "dropped": 0}
+    def allocate(self, step: int) -> None:
+        """Apply optimizer step `step` (1-based): update importance, then the budget of this step."""
+        self._ensure_bound()
         self.step = step
-        self.budget_history.append((step, stats["budget"], stats["active_ranks"]))
-        self.allocations.append({"step": step, **stats})
-        return stats
+        if self.final:
+            self.counts[step] = self.counts[step - 1]  # one tiny copy: the frozen pattern stays
+            return
+        s = self.schedule
+        self.importance.update()
+        if step >= s.final_step:  # deterministic top-target; exploration ends, the pattern freezes
+            self.kept = select_top(self.importance.scores(), s.target_budget)
+            self.reintroduced.zero_()
+            self.dropped.zero_()
+            self.final = True
+        elif s.selects(step):
+            scores = self.importance.scores()
+            budget = s.budget(step)
+            self.kept = select_top(scores, budget)
+            if s.resamples(step):
+                self.reintroduced, self.dropped = self.sampler.draw(scores, self.kept, budget)
+        else:  # warm-up, or between deltaT selections: the pattern in force stays
+            self.counts[step] = self.counts[step - 1]
+            return
+        self._apply()
 
-    @staticmethod
-    def _count(pattern: dict[str, list[bool]]) -> int:
-        return sum(sum(bits) for bits in pattern.values())
+    def _apply(self) -> None:
+        active = (self.kept & ~self.dropped) | self.reintroduced
+        torch.mul(active, self.scale, out=self.gate)  # cast to the gate's dtype (bf16 under DeepSpeed bf16)
+        self.active_f.copy_(active)
+        self.counts[self.step] = torch.stack([active.sum(), (self.reintroduced & ~self.kept).sum(),
+                                              (self.dropped & self.kept).sum()]).to(torch.int32)
+
+    def regularization(self) -> torch.Tensor | float:
+        """orth_reg_weight x AdaLoRA's orthogonality penalty (0.0 when the weight is 0: nothing computed)."""
+        if self.orth_reg_weight == 0:
+            return 0.0
+        self._ensure_bound()
+        return self.orth_reg_weight * self.penalty(self.active_f)
+
+    # -- reading (host) ----------------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Budget and counts in force after the last allocation (reads device values: call when logging)."""
+        row = self.counts[self.step].tolist() if self._bound else [self.n, 0, 0]
+        return {"budget": self.schedule.budget(self.step), **dict(zip(_COUNTS, row, strict=True))}
+
+    def history(self) -> list[dict[str, int]]:
+        """One record per optimizer step so far: step, budget, active_ranks, regrown, dropped."""
+        if not self._bound or self.step == 0:
+            return []
+        rows = self.counts[1 : self.step + 1].tolist()
+        return [{"step": t, "budget": self.schedule.budget(t), **dict(zip(_COUNTS, row, strict=True))}
+                for t, row in enumerate(rows, start=1)]
+
+    def active(self) -> torch.Tensor:
+        """Boolean mask of the active triplets (flat, module order)."""
+        if not self._bound:
+            return torch.ones(self.n, dtype=torch.bool)
+        return (self.kept & ~self.dropped) | self.reintroduced
 
     def rank_pattern(self) -> dict[str, list[bool]]:
-        """Current (final, once frozen) pattern, keyed as adapter_config.json stores it (no adapter name)."""
-        pattern = self._final or self._pattern
-        if pattern is None:  # before the first allocation every triplet is active
-            pattern = {n: [True] * p.shape[0] for n, p in self.inner.named_parameters() if self._is_e(n)}
-        suffix = f".{self.adapter_name}"
-        return {n.replace(suffix, ""): list(bits) for n, bits in pattern.items()}
+        """Active triplets per adapted matrix, keyed as adapter_config.json stores them."""
+        bits = self.active().cpu().tolist()
+        return {name: bits[o : o + r] for name, o, r in zip(self.names, self.offsets, self.ranks_init, strict=True)}
 
     def ranks(self) -> dict[str, int]:
         """Active rank per adapted module (module path -> rank), e.g. for the rank heat-map."""
         return {n.rsplit(".lora_E", 1)[0]: sum(bits) for n, bits in self.rank_pattern().items()}
 
-    def _is_e(self, name: str) -> bool:
-        return f"lora_E.{self.adapter_name}" in name
+    @property
+    def init_budget(self) -> int:
+        return self.schedule.init_budget
+
+    @property
+    def target_budget(self) -> int:
+        return self.schedule.target_budget
 
     # -- resume ----------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, torch.Tensor | int | float]:
-        """EMAs, generator state, patterns and history: everything `allocate` depends on."""
-        sd: dict[str, torch.Tensor | int | float] = {
-            "step": self.step,
-            "generator_state": self.sampler.generator.get_state(),
-            "budget_history": torch.tensor(self.budget_history, dtype=torch.long).view(-1, 3),
-        }
-        for n, t in self.sampler.exp_avg_ipt.items():
-            sd[f"exp_avg_ipt/{n}"] = t.detach().cpu().clone()
-            sd[f"exp_avg_unc/{n}"] = self.sampler.exp_avg_unc[n].detach().cpu().clone()
-        for prefix, pattern in (("pattern", self._pattern), ("final_pattern", self._final)):
-            for n, bits in (pattern or {}).items():
-                sd[f"{prefix}/{n}"] = torch.tensor(bits, dtype=torch.bool)
-        return sd
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        """Everything later allocations depend on: step, EMAs (this rank's elements), kept set, exploration
+        decisions in force, counts and the generator."""
+        self._ensure_bound()
+        return {"step": self.step, "final": int(self.final), "generator_state": self.sampler.generator.get_state(),
+                "kept": self.kept, "reintroduced": self.reintroduced, "dropped": self.dropped,
+                "counts": self.counts, **self.importance.state()}
 
-    def load_state_dict(self, sd: dict[str, torch.Tensor | int | float]) -> None:
-        """Restore a `state_dict()`; model weights are restored separately (by the checkpoint)."""
-        devices = {n: p.device for n, p in self.inner.named_parameters()}
-        self.step = int(sd["step"])
-        self.sampler.generator.set_state(sd["generator_state"])
-        history = sd["budget_history"]
-        self.budget_history = [tuple(int(v) for v in row) for row in history.tolist()]
-        self.sampler.reset_ipt()
-        patterns: dict[str, dict[str, list[bool]]] = {"pattern": {}, "final_pattern": {}}
-        for key, value in sd.items():
-            kind, _, name = key.partition("/")
-            if kind == "exp_avg_ipt":
-                self.sampler.exp_avg_ipt[name] = value.to(devices.get(name, "cpu"))
-            elif kind == "exp_avg_unc":
-                self.sampler.exp_avg_unc[name] = value.to(devices.get(name, "cpu"))
-            elif kind in patterns:
-                patterns[kind][name] = value.tolist()
-        self._pattern = patterns["pattern"] or None
-        self._final = patterns["final_pattern"] or None
-        if self._pattern is not None:
-            self.config.rank_pattern = dict(self._final or self._pattern)
+    def load_state_dict(self, state: dict[str, torch.Tensor | int]) -> None:
+        """Restore a `state_dict()` (model weights are restored separately, by the checkpoint)."""
+        self._ensure_bound()
+        self.step = int(state["step"])
+        self.final = bool(state["final"])
+        self.sampler.generator.set_state(state["generator_state"])
+        for name in ("kept", "reintroduced", "dropped", "counts"):
+            saved = state[name]
+            if saved.shape != getattr(self, name).shape:
+                raise ValueError(f"rank controller checkpoint: {name} has shape {tuple(saved.shape)}, "
+                                 f"expected {tuple(getattr(self, name).shape)} (another model or schedule?)")
+            getattr(self, name).copy_(saved)
+        self.importance.load_state(state)
+        torch.mul(self.active(), self.scale, out=self.gate)
+        self.active_f.copy_(self.active())

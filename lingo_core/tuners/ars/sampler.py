@@ -1,203 +1,73 @@
-"""RankSampler: PEFT's AdaLoRA RankAllocator with injectable I/O and stochastic rank sampling.
+"""Budget selection and ARS's stochastic exploration, on flat per-triplet tensors.
 
-Scores are AdaLoRA's (sensitivity EMA x uncertainty EMA, per element, combined per triplet by the
-allocator's own `_element_score` / `_combine_ipt`). What changes:
-
-* gradients are read through `grad_of(p)` (DeepSpeed ZeRO keeps partitioned grads: the orchestrator
-  passes `deepspeed.utils.safe_get_full_grad`);
-* masks are written through `write_(p, value)` so sharded / master copies are updated as well;
-* the top-`budget` selection is exact (ties broken by position), then each pruned triplet regrows with
-  probability p_regrow and each kept triplet drops with probability p_drop, drawn from a private,
-  seeded `torch.Generator` so every data-parallel rank takes the same decisions.
+Selection is exact: the `budget` highest scores, ties to the earlier triplet (a stable sort), computed
+on the scores' device. Exploration draws come from a private, seeded CPU `torch.Generator`: every
+data-parallel rank seeded alike draws the same numbers, and the global RNG (dropout, data order) is
+never touched. Draws happen only at resample steps, a handful per run, so the host-to-device copy of
+the uniforms costs nothing measurable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from peft.tuners.adalora.layer import RankAllocator
-from torch import nn
 
+from lingo_core.tuners.ars.schedule import exploration_probabilities
 from lingo_core.tuners.config import check_sampling
 
-GradOf = Callable[[nn.Parameter], "torch.Tensor | None"]
-WriteFn = Callable[[nn.Parameter, torch.Tensor], None]
-
-_INV_FLOOR = 1e-12  # relative floor on scores before 1/score: zero-importance triplets get a huge (clipped) drop weight
+_INV_FLOOR = 1e-12  # relative floor on scores before 1/score: zero-importance kept triplets get the largest drop weight
 
 
-def param_grad(p: nn.Parameter) -> torch.Tensor | None:
-    """Default `grad_of`: the local gradient (single process, DDP)."""
-    return p.grad
+def select_top(scores: torch.Tensor, budget: int) -> torch.Tensor:
+    """Boolean mask of the `budget` highest scores (stable: ties go to the earlier triplet)."""
+    budget = max(0, min(int(budget), scores.numel()))
+    order = torch.argsort(scores, descending=True, stable=True)
+    keep = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    keep[order[:budget]] = True
+    return keep
 
 
-def copy_into(p: nn.Parameter, value: torch.Tensor) -> None:
-    """Default `write_`: in-place copy into the parameter (no master copy to keep in sync)."""
-    with torch.no_grad():
-        p.copy_(value)
+def _scaled(weights: torch.Tensor, members: torch.Tensor, mean_p: float) -> torch.Tensor:
+    """Probabilities proportional to `weights` over `members` with mean `mean_p`, clipped to [0, 1];
+    0 outside `members`. Without information (all weights 0 or not finite) every member gets mean_p."""
+    w = torch.where(members, weights, torch.zeros_like(weights))
+    count = members.sum().clamp_min(1)
+    mean = w.sum() / count
+    informative = torch.isfinite(mean) & (mean > 0)
+    scaled = (mean_p * w / torch.where(informative, mean, torch.ones_like(mean))).clamp(0.0, 1.0)
+    uniform = torch.full_like(w, mean_p)
+    return torch.where(members, torch.where(informative, scaled, uniform), torch.zeros_like(w))
 
 
-def _scaled_probabilities(weights: torch.Tensor, mean_p: float) -> torch.Tensor:
-    """Probabilities proportional to `weights` with mean `mean_p`, clipped to [0, 1]."""
-    if weights.numel() == 0:
-        return weights
-    mean = weights.mean()
-    if not torch.isfinite(mean) or mean <= 0:  # no information (all zero): fall back to uniform
-        return torch.full_like(weights, mean_p)
-    return (mean_p * weights / mean).clamp(0.0, 1.0)
+class TripletSampler:
+    """Draws which pruned triplets ARS reintroduces and which kept ones it drops, for one period."""
 
-
-class RankSampler(RankAllocator):
-    """AdaLoRA's allocator plus stochastic regrow / drop of singular-value triplets.
-
-    With p_regrow = p_drop = 0 (or `stochastic=False`) it masks exactly the triplets PEFT's
-    `RankAllocator.mask_to_budget` masks, except that ties at the threshold keep exactly `budget`.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        peft_config,
-        adapter_name: str = "default",
-        *,
-        p_regrow: float | None = None,
-        p_drop: float | None = None,
-        sampling: str | None = None,
-        seed: int | None = None,
-    ) -> None:
-        # Unset knobs come from an ARSConfig; a plain AdaLoraConfig means no sampling (AdaLoRA).
-        self.p_regrow = float(getattr(peft_config, "p_regrow", 0.0) if p_regrow is None else p_regrow)
-        self.p_drop = float(getattr(peft_config, "p_drop", 0.0) if p_drop is None else p_drop)
-        self.sampling = sampling if sampling is not None else getattr(peft_config, "sampling", "uniform")
-        seed = int(getattr(peft_config, "sampling_seed", 0) if seed is None else seed)
-        check_sampling("RankSampler", self.p_regrow, self.p_drop, self.sampling)
-        super().__init__(model, peft_config, adapter_name)
-        # CPU generator: identical stream on every rank and device type, and no global RNG touched.
+    def __init__(self, exploration: float, sampling: str, seed: int) -> None:
+        check_sampling("TripletSampler", exploration, sampling)
+        self.exploration = float(exploration)
+        self.sampling = sampling
+        # CPU generator: an identical stream on every rank and device type, no global RNG touched.
         self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(seed)
-        self.last_allocation: dict[str, int] | None = None
+        self.generator.manual_seed(int(seed))
 
-    # -- importance ------------------------------------------------------------------------------------
-    def _is_adapter_param(self, name: str) -> bool:
-        return any(f"{kind}.{self.adapter_name}" in name for kind in ("lora_A", "lora_B", "lora_E"))
+    def probabilities(
+        self, scores: torch.Tensor, keep: torch.Tensor, budget: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-triplet (regrow, drop) probabilities: regrow is 0 for kept triplets, drop 0 for pruned ones.
 
-    def update_ipt(self, model: nn.Module, grad_of: GradOf | None = None) -> None:
-        """Update sensitivity / uncertainty EMAs from |p * grad|, the gradient read via `grad_of`."""
-        grad_of = grad_of or param_grad
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if not self._is_adapter_param(n):
-                    continue
-                grad = grad_of(p)
-                if grad is None:  # no gradient this step (unused layer): keep the EMAs as they are
-                    continue
-                # fp32 EMAs: products of bf16 weights and grads underflow and would tie many scores at 0.
-                ipt = (p.detach().float() * grad.detach().to(p.device).float()).abs()
-                if n not in self.exp_avg_ipt:
-                    self.exp_avg_ipt[n] = torch.zeros_like(ipt)
-                    self.exp_avg_unc[n] = torch.zeros_like(ipt)
-                self.ipt[n] = ipt
-                self.exp_avg_ipt[n] = self.beta1 * self.exp_avg_ipt[n] + (1 - self.beta1) * ipt
-                self.exp_avg_unc[n] = self.beta2 * self.exp_avg_unc[n] + (1 - self.beta2) * (
-                    ipt - self.exp_avg_ipt[n]
-                ).abs()
-
-    def triplet_scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """lora_E parameter name -> importance of each of its triplets (shape [r]), in name order."""
-        params = dict(model.named_parameters())
-        scores: dict[str, torch.Tensor] = {}
-        for key in self.name_set:  # sorted at construction: the same order on every rank
-            name_a, name_b, name_e = key % "lora_A", key % "lora_B", key % "lora_E"
-            rank = params[name_e].shape[0]
-            if name_e not in self.exp_avg_ipt:  # not observed yet: no evidence for any triplet
-                scores[name_e] = torch.zeros(rank)
-                continue
-            score_a = self._element_score(name_a).mean(dim=1)  # rows of Q (lora_A, r x d_in): one per triplet
-            score_b = self._element_score(name_b).mean(dim=0)  # columns of P (lora_B, d_out x r): one per triplet
-            score_e = self._element_score(name_e)  # the singular values themselves, [r, 1]
-            scores[name_e] = self._combine_ipt(score_e, torch.stack([score_a, score_b], dim=1)).view(-1)
-        return scores
-
-    # -- selection and sampling --------------------------------------------------------------------------
-    @staticmethod
-    def select_top(scores: torch.Tensor, budget: int) -> torch.Tensor:
-        """Boolean mask of the `budget` highest scores (stable: ties go to the earlier triplet)."""
-        budget = max(0, min(int(budget), scores.numel()))
-        order = torch.argsort(scores, descending=True, stable=True)
-        keep = torch.zeros(scores.numel(), dtype=torch.bool)
-        keep[order[:budget]] = True
-        return keep
-
-    def probabilities(self, scores: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-triplet (regrow, drop) probabilities; regrow is 0 for kept and drop 0 for pruned triplets."""
-        s = scores.double()
-        regrow = torch.zeros_like(s)
-        drop = torch.zeros_like(s)
+        Uniform: p_regrow and p_drop of `exploration_probabilities`. Importance: the same means, regrow
+        proportional to importance among pruned triplets and drop to 1 / importance among kept ones
+        (clipping at 1 can lower a mean)."""
+        s = scores.double()  # `budget` == keep.sum(), passed in so that no device value is read back
+        p_regrow, p_drop = exploration_probabilities(keep.numel(), budget, self.exploration)
         if self.sampling == "uniform":
-            regrow[~keep] = self.p_regrow
-            drop[keep] = self.p_drop
-            return regrow, drop
-        regrow[~keep] = _scaled_probabilities(s[~keep], self.p_regrow)
-        top = float(s.max()) if s.numel() else 0.0
-        inverse = 1.0 / s.clamp_min(top * _INV_FLOOR if top > 0 else 1.0)
-        drop[keep] = _scaled_probabilities(inverse[keep], self.p_drop)
-        return regrow, drop
+            zero = torch.zeros_like(s)
+            return torch.where(~keep, p_regrow, zero), torch.where(keep, p_drop, zero)
+        top = s.max() if s.numel() else torch.zeros((), dtype=s.dtype, device=s.device)
+        floor = torch.where(top > 0, top * _INV_FLOOR, torch.ones_like(top))
+        return _scaled(s, ~keep, p_regrow), _scaled(1.0 / s.clamp_min(floor), keep, p_drop)
 
-    def sample(self, scores: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(active, regrown, dropped) masks; one uniform draw per triplet from the private generator."""
-        draws = torch.rand(scores.numel(), generator=self.generator, dtype=torch.float64)
-        p_regrow, p_drop = self.probabilities(scores, keep)
-        regrown = ~keep & (draws < p_regrow)
-        dropped = keep & (draws < p_drop)
-        return (keep & ~dropped) | regrown, regrown, dropped
-
-    def mask_to_budget(
-        self,
-        model: nn.Module,
-        budget: int,
-        write_: WriteFn | None = None,
-        stochastic: bool = True,
-    ) -> dict[str, list[bool]]:
-        """Keep the top-`budget` triplets, then (if `stochastic`) regrow / drop; mask the rest to 0.
-
-        Returns the active pattern {lora_E name: [bool] * r}; `last_allocation` holds the counts.
-        """
-        scores = {n: s.detach().float().cpu() for n, s in self.triplet_scores(model).items()}
-        names = list(scores)
-        flat = torch.cat([scores[n] for n in names]) if names else torch.zeros(0)
-        keep = self.select_top(flat, budget)
-        no_sampling = not stochastic or (self.p_regrow == 0.0 and self.p_drop == 0.0)
-        if no_sampling:  # no draw either: the generator stream only advances on sampled allocations
-            active, regrown, dropped = keep, torch.zeros_like(keep), torch.zeros_like(keep)
-        else:
-            active, regrown, dropped = self.sample(flat, keep)
-        pattern: dict[str, list[bool]] = {}
-        offset = 0
-        for n in names:
-            rank = scores[n].numel()
-            pattern[n] = active[offset : offset + rank].tolist()
-            offset += rank
-        self.apply_pattern(model, pattern, write_)
-        self.last_allocation = {
-            "budget": int(budget),
-            "active_ranks": int(active.sum()),
-            "regrown": int(regrown.sum()),
-            "dropped": int(dropped.sum()),
-        }
-        return pattern
-
-    def apply_pattern(
-        self, model: nn.Module, pattern: dict[str, list[bool]], write_: WriteFn | None = None
-    ) -> None:
-        """Zero the singular values of inactive triplets (keys with or without the adapter name)."""
-        write_ = write_ or copy_into
-        suffix = f".{self.adapter_name}"
-        for n, p in model.named_parameters():
-            if f"lora_E{suffix}" not in n:
-                continue
-            bits = pattern.get(n, pattern.get(n.replace(suffix, "")))
-            if bits is None or all(bits):  # nothing to mask: skip the (possibly sharded) write
-                continue
-            mask = torch.tensor(bits, dtype=torch.bool, device=p.device).view(-1, 1)
-            write_(p, p.detach().masked_fill(~mask, 0.0))
+    def draw(self, scores: torch.Tensor, keep: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reintroduced, dropped) boolean masks; one uniform draw per triplet from the private generator."""
+        uniforms = torch.rand(keep.numel(), generator=self.generator, dtype=torch.float64).to(keep.device)
+        p_regrow, p_drop = self.probabilities(scores, keep, budget)
+        return ~keep & (uniforms < p_regrow), keep & (uniforms < p_drop)

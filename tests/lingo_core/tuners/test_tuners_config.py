@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from lingo_core.data.task import TaskSpec
-from lingo_core.tuners import AdapterSettings, ARSConfig, build_model, default_rank_budget, resolve_ranks
+from lingo_core.train.config import TrainConfig
+from lingo_core.tuners import AdapterSettings, build_model, default_rank_budget, resolve_ranks
 
 
 def test_defaults_are_valid():
@@ -23,8 +24,10 @@ def test_defaults_are_valid():
         ({"init_r": -1}, ["init_r", "-1", "positive integer"]),
         ({"target_r": 0}, ["target_r", "0", "positive integer"]),
         ({"init_r": 4, "target_r": 8}, ["target_r (8) > init_r (4)"]),
-        ({"p_regrow": 1.5}, ["p_regrow", "1.5", "[0, 1]"]),
-        ({"p_drop": -0.1}, ["p_drop", "-0.1", "[0, 1]"]),
+        ({"exploration": 1.5}, ["exploration", "1.5", "[0, 1]"]),
+        ({"exploration": -0.1}, ["exploration", "-0.1", "[0, 1]"]),
+        ({"resample_every": 0}, ["resample_every", "0", ">= 1"]),
+        ({"svd_init": "gaussian"}, ["svd_init", "'gaussian'", "lora, adalora"]),
         ({"sampling": "gumbel"}, ["sampling", "'gumbel'", "uniform, importance"]),
         ({"tinit": -1}, ["tinit", "-1", ">= 0"]),
         ({"tfinal": -3}, ["tfinal", "-3", ">= 0"]),
@@ -72,11 +75,17 @@ def test_unknown_target_module_lists_model_linears(make_base, method):
         assert linear in msg
 
 
-def test_ars_config_validates_its_own_fields():
-    with pytest.raises(ValueError, match=r"ARSConfig.p_drop: got 2"):
-        ARSConfig(total_step=10, p_drop=2.0)
-    with pytest.raises(ValueError, match=r"ARSConfig.sampling: unknown mode 'topk'"):
-        ARSConfig(total_step=10, sampling="topk")
+@pytest.mark.parametrize("old", ["p_regrow", "p_drop"])
+def test_removed_sampling_keys_say_what_to_write_instead(old):
+    with pytest.raises(ValueError) as err:
+        TrainConfig.from_dict({"adapter": {old: 0.1}})
+    assert f"adapter.{old}" in str(err.value) and "adapter.exploration" in str(err.value)
+
+
+def test_default_resample_period_is_an_eighth_of_the_pruning_phase():
+    assert AdapterSettings().resample_period(60, 120, 600) == 52  # (600 - 60 - 120) // 8
+    assert AdapterSettings().resample_period(1, 2, 12) == 1  # short runs: never below one step
+    assert AdapterSettings(resample_every=7).resample_period(60, 120, 600) == 7
 
 
 def _task(train_rows: int | None) -> TaskSpec:

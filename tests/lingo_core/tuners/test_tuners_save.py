@@ -30,8 +30,9 @@ def _reload(make_base, path):
 
 
 def test_ars_saves_final_rank_pattern_and_reloads_with_plain_peft(make_base, tmp_path):
-    model, controller = build(make_base, sampling="importance", p_regrow=0.2, p_drop=0.2)
+    model, controller = build(make_base, sampling="importance", exploration=0.2, resample_every=4)
     train_steps(model, controller, range(1, 41), adam(model))  # full schedule, frozen final pattern
+    model.peft_config["default"].rank_pattern = controller.rank_pattern()  # what save_adapter sets
     ranks = controller.ranks()
     assert sum(ranks.values()) == 28 and len(set(ranks.values())) > 1  # non-uniform allocation
     inputs = batch(model, torch.Generator().manual_seed(9))
@@ -40,7 +41,7 @@ def test_ars_saves_final_rank_pattern_and_reloads_with_plain_peft(make_base, tmp
 
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert saved["peft_type"] == "ADALORA" and saved["task_type"] == "SEQ_CLS"
-    assert not {"p_regrow", "p_drop", "sampling", "sampling_seed"} & saved.keys()
+    assert not {"exploration", "resample_every", "sampling", "svd_init"} & saved.keys()
     assert set(saved) <= {f.name for f in fields(AdaLoraConfig)}
     assert saved["rank_pattern"] == controller.rank_pattern()
     assert "score" in saved["modules_to_save"]
