@@ -12,6 +12,7 @@ from peft.tuners.adalora.layer import RankAllocator
 from tuner_helpers import adam, batch, build, loss_of, train_steps
 
 from lingo_core.tuners import METHODS, AdapterSettings, build_model, trainable_summary
+from lingo_core.tuners.ars import select_top
 
 
 def _gates(controller) -> torch.Tensor:
@@ -156,6 +157,31 @@ def test_importance_equals_peft_on_the_same_steps(make_base):
 
     train_steps(model, controller, range(1, 41), adam(model), after_step=compare)
     assert len(checked_reintroduced) > 3 and max(checked_reintroduced) > 0
+
+
+def test_reintroduced_triplets_compete_for_the_budget(make_base):
+    """Catches: a selection that ignores the importance a reintroduced (or any pruned) triplet earned, so
+    that a triplet, once pruned, can never win its place back.
+
+    Every selection must keep exactly the top-budget triplets by the current scores of all triplets, and
+    over a run some triplet that was pruned, then reintroduced, must be kept again on its own merit."""
+    model, controller = build(make_base, exploration=0.5, resample_every=3, lora_dropout=0.0)
+    selections, came_back = [], []
+    pruned_then_reintroduced = torch.zeros(controller.n, dtype=torch.bool)
+
+    def check(step: int) -> None:
+        s = controller.schedule
+        if not s.selects(step):
+            return
+        want = select_top(controller.importance.scores(), s.budget(step))
+        assert torch.equal(controller.kept, want), f"step {step}: kept set is not the top-budget by importance"
+        selections.append(step)
+        came_back.append(int((controller.kept & pruned_then_reintroduced).sum()))
+        pruned_then_reintroduced.logical_or_(controller.reintroduced & ~controller.kept)
+
+    train_steps(model, controller, range(1, 32), adam(model), after_step=check)
+    assert len(selections) == 27
+    assert sum(came_back) > 0, "no reintroduced triplet was ever kept again"
 
 
 def test_adalora_keeps_exactly_what_peft_keeps(make_base):
