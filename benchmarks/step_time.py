@@ -1,34 +1,57 @@
-"""Time one training step (forward + backward + optimizer + rank allocation) for ARS vs PEFT LoRA vs
-PEFT AdaLoRA vs full fine-tuning, on the same model and the same batch of real GUE sequences.
+"""Time one training step of every method on the same model and the same batch of real GUE sequences,
+with two hand-written references measured in the same run:
 
-  python benchmarks/step_time.py                      # SmolLM2-135M, bs 8, prom_300_all, CPU or GPU
+  floor        frozen base, bf16 weights, forward + backward to the inputs (no adapter): the least any
+               adapter method can cost
+  peft_lora    what a user writes by hand with PEFT defaults: LoRA r 8, alpha 16, dropout 0.05 on all 7
+               projections, bf16 base, fp32 adapters (PEFT's default upcast), torch.optim.AdamW defaults
+  ars, lora, adalora, full
+               the project's own step (`lingo_core.train.micro_step` + the rank controller), under the
+               plain backend and under DeepSpeed ZeRO-2 (what sweeps use)
+
+ars and adalora are timed while their ranks are being pruned and ARS resamples (tinit = the warm-up
+steps, tfinal = 1, the resample period derived as in training): the costly phase, not the frozen one.
+
+  python benchmarks/step_time.py                                   # CPU: bs 8, every method, plain backend
+  python benchmarks/step_time.py --batch-size 32 --backends torch,deepspeed   # the GPU run
   python benchmarks/step_time.py --steps 5 --warmup 1 --methods ars,lora
 
-Writes benchmarks/results/step_time_<device>.json (median / p10 / p90 seconds per method).
+Writes benchmarks/results/step_time_<device>.json: per backend and method the median / p10 / p90 ms,
+peak memory and trainable parameters, each method's ratio to the floor, ars_over_lora and
+lora_over_peft_reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import datetime
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from lingo_core.data.loading import load_split
-from lingo_core.data.task import TaskRegistry
-from lingo_core.modeling import load_classifier, load_tokenizer, resolve_model
-from lingo_core.tokenization import LingoTokenizer, suggest_max_length
-from lingo_core.train.backend import TorchBackend
-from lingo_core.tuners.config import AdapterSettings
-from lingo_core.tuners.methods import build_model
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from any folder
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from lingo_core.data.loading import load_split  # noqa: E402
+from lingo_core.data.task import TaskRegistry  # noqa: E402
+from lingo_core.modeling import DEFAULT_TARGET_MODULES, load_classifier, load_tokenizer, resolve_model  # noqa: E402
+from lingo_core.tokenization import LingoTokenizer, suggest_max_length  # noqa: E402
+from lingo_core.train import TorchBackend, micro_step  # noqa: E402
+from lingo_core.tuners.config import AdapterSettings  # noqa: E402
+from lingo_core.tuners.methods import build_model  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+PROJECT_METHODS = ("ars", "lora", "adalora", "full")
+REFERENCES = ("floor", "peft_lora")
 
 
 def _sync(device: torch.device) -> None:
@@ -36,50 +59,142 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_method(method: str, ref, num_labels: int, batch: dict, args, device: torch.device) -> dict:
-    torch.manual_seed(0)
-    # init_r 8 / target_r 4: the default budget of a mid-size GUE task; lora_r 8 matches init_r
-    settings = AdapterSettings(method=method, init_r=8, target_r=4)
-    total = args.warmup + args.steps
-    # tinit 0 / tfinal 0-ish: allocation work happens on every timed step (the worst case for ARS)
-    if method in ("ars", "adalora"):
-        settings = AdapterSettings(method=method, init_r=8, target_r=4, tinit=0, tfinal=1)
-        total = max(total + 2, 4)
-    model, ctrl = build_model(load_classifier(ref, num_labels), settings, total_steps=total + 10, seed=0)
-    backend = TorchBackend(device, grad_accum=1, max_grad_norm=1.0)
-    params = [p for p in model.parameters() if p.requires_grad]
-    module = backend.prepare(model, params, lr=1e-4, weight_decay=0.0, warmup_steps=0, total_steps=total + 10)
-    module.train()
-    batch = {k: v.to(device) for k, v in batch.items()}
+def _timed(step: Callable[[], None], device: torch.device, warmup: int, steps: int) -> dict:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
-    for step in range(1, args.warmup + args.steps + 1):
+    for i in range(warmup + steps):
         _sync(device)
         t0 = time.perf_counter()
-        with backend.autocast():
-            loss = module(**batch).loss
-        backend.backward(loss)
-        if ctrl is not None:
-            ctrl.observe(backend.full_grad)
-        backend.step()
-        if ctrl is not None:
-            ctrl.allocate(step, backend.write_param_)
+        step()
         _sync(device)
-        if step > args.warmup:
+        if i >= warmup:
             times.append(time.perf_counter() - t0)
     times.sort()
-    n_train = sum(p.numel() for p in params)
-    n_all = sum(p.numel() for p in model.parameters())
-    del model, module, backend
+    out = {"median_ms": 1e3 * statistics.median(times), "p10_ms": 1e3 * times[int(0.1 * (len(times) - 1))],
+           "p90_ms": 1e3 * times[int(0.9 * (len(times) - 1))], "steps_timed": len(times)}
+    if device.type == "cuda":
+        out["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def _free(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {
-        "median_s": statistics.median(times),
-        "p10_s": times[int(0.1 * (len(times) - 1))],
-        "p90_s": times[int(0.9 * (len(times) - 1))],
-        "steps_timed": len(times),
-        "trainable_params": n_train,
-        "trainable_fraction": n_train / n_all,
-    }
+
+
+# ---- the project's step -------------------------------------------------------------------------------
+def _settings(method: str, warmup: int) -> AdapterSettings:
+    # init_r 8 -> target_r 4: a mid-size GUE task's budget; lora_r 8 = init_r (same parameter count)
+    if method in ("ars", "adalora"):
+        return AdapterSettings(method=method, init_r=8, target_r=4, tinit=warmup, tfinal=1)
+    return AdapterSettings(method=method)
+
+
+def _backend(name: str, device: torch.device, batch_size: int):
+    if name == "torch":
+        return TorchBackend(device, grad_accum=1, max_grad_norm=1.0)
+    from orchestrator.worker import DeepSpeedBackend, DeepSpeedSettings
+
+    return DeepSpeedBackend(DeepSpeedSettings(zero_stage=2, micro_batch_size=batch_size, grad_accum=1))
+
+
+def time_project(method: str, backend_name: str, base: torch.nn.Module, batch: dict, args,
+                 device: torch.device) -> dict:
+    total = args.warmup + args.steps + 2  # the last timed step is still before the final selection
+    torch.manual_seed(0)
+    model, controller = build_model(copy.deepcopy(base), _settings(method, args.warmup),
+                                    total_steps=total, seed=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_train, n_all = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
+    backend = _backend(backend_name, device, args.batch_size)
+    module = backend.prepare(model, params, lr=1e-4, weight_decay=0.0, warmup_steps=0, total_steps=total)
+    if controller is not None:
+        controller.bind(backend.shard_access(controller.params))
+    module.train()
+    on_device = {k: v.to(backend.device) for k, v in batch.items()}
+    state = {"step": 0}
+
+    def step() -> None:
+        _, boundary = micro_step(module, dict(on_device), backend, controller)
+        assert boundary
+        state["step"] += 1
+        if controller is not None:
+            controller.allocate(state["step"])
+
+    out = _timed(step, device, args.warmup, args.steps)
+    if controller is not None:
+        history = controller.history()[args.warmup:]
+        out["budget_first_last_timed"] = [history[0]["budget"], history[-1]["budget"]]
+        out["resampled_steps_timed"] = sum(1 for h in history if h["regrown"] or h["dropped"])
+        assert not controller.final, "timed steps reached the frozen phase"
+    out.update(trainable_params=n_train, trainable_fraction=n_train / n_all)
+    return out  # the model, backend and controller go with this frame; the caller frees the memory
+
+
+# ---- hand-written references ---------------------------------------------------------------------------
+def time_reference(name: str, base: torch.nn.Module, batch: dict, args, device: torch.device) -> dict:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = copy.deepcopy(base).to(device=device, dtype=dtype)
+    on_device = {k: v.to(device) for k, v in batch.items()}
+    if name == "floor":
+        model.requires_grad_(False)
+        embed = model.get_input_embeddings()
+        embed.register_forward_hook(lambda m, i, o: o.requires_grad_())  # backward runs through every layer
+
+        def step() -> None:
+            model(**on_device).loss.backward()
+        n_train = 0
+    else:
+        config = LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.05,
+                            target_modules=DEFAULT_TARGET_MODULES[model.config.model_type])
+        model = get_peft_model(model, config)  # PEFT upcasts the adapter weights to fp32 by default
+        optimizer = torch.optim.AdamW(p for p in model.parameters() if p.requires_grad)
+
+        def step() -> None:
+            model(**on_device).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model.train()
+    out = _timed(step, device, args.warmup, args.steps)
+    out["trainable_params"] = n_train
+    return out
+
+
+# ---- report ---------------------------------------------------------------------------------------------
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _ratios(report: dict) -> None:
+    refs = report["results"].get("references", {})
+    floor = refs.get("floor", {}).get("median_ms")
+    for backend, rows in report["results"].items():
+        if backend == "references":
+            continue
+        for row in rows.values():
+            if floor:
+                row["over_floor"] = row["median_ms"] / floor
+        suffix = "" if backend == "torch" else f"_{backend}"
+        if "ars" in rows and "lora" in rows:
+            report[f"ars_over_lora{suffix}"] = rows["ars"]["median_ms"] / rows["lora"]["median_ms"]
+        if "ars" in rows and "adalora" in rows:
+            report[f"ars_over_adalora{suffix}"] = rows["ars"]["median_ms"] / rows["adalora"]["median_ms"]
+        if "lora" in rows and "peft_lora" in refs:
+            report[f"lora_over_peft_reference{suffix}"] = rows["lora"]["median_ms"] / refs["peft_lora"]["median_ms"]
+    if floor and "peft_lora" in refs:
+        refs["peft_lora"]["over_floor"] = refs["peft_lora"]["median_ms"] / floor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,10 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2", help="base LM (alias, folder, .gguf, hub id)")
     p.add_argument("--task", default="prom_300_all", help="GUE task whose training sequences form the batch")
     p.add_argument("--data-root", default=None, help="GUE folder (default: $LINGO_DATA_ROOT / ../shared)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per step (the training default)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per step (32 for the GPU figures)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per method (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, caches, autotune)")
-    p.add_argument("--methods", default="ars,lora,adalora,full", help="comma-separated methods to time")
+    p.add_argument("--methods", default="ars,lora,adalora,full", help="project methods to time")
+    p.add_argument("--references", default="floor,peft_lora", help="hand-written references ('' for none)")
+    p.add_argument("--backends", default="torch", help="torch and/or deepspeed (ZeRO-2, one rank)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--out", default=None, help="output JSON (default: benchmarks/results/step_time_<device>.json)")
     args = p.parse_args(argv)
@@ -105,17 +222,32 @@ def main(argv: list[str] | None = None) -> int:
     import peft
     import transformers
 
+    base = load_classifier(ref, spec.num_labels)  # once: GGUF de-quantisation takes ~15 s; each method copies it
     load_before = os.getloadavg()[0]  # other jobs on the box inflate CPU timings: record it
-    results = {}
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        results[method] = time_method(method, ref, spec.num_labels, batch, args, device)
-        print(f"{method:8s} median {results[method]['median_s'] * 1e3:8.1f} ms/step "
-              f"(p10 {results[method]['p10_s'] * 1e3:.1f}, p90 {results[method]['p90_s'] * 1e3:.1f}; "
-              f"{100 * results[method]['trainable_fraction']:.2f}% trainable)", flush=True)
+    results: dict[str, dict] = {}
+    for name in [r for r in args.references.split(",") if r]:
+        if name not in REFERENCES:
+            p.error(f"--references: unknown {name!r}; expected some of {', '.join(REFERENCES)}")
+        results.setdefault("references", {})[name] = row = time_reference(name, base, batch, args, device)
+        _free(device)
+        print(f"{'reference':9s} {name:9s} {row['median_ms']:8.1f} ms/step", flush=True)
+    for backend in [b for b in args.backends.split(",") if b]:
+        if backend not in ("torch", "deepspeed"):
+            p.error(f"--backends: unknown {backend!r}; expected torch and/or deepspeed")
+        for method in [m for m in args.methods.split(",") if m]:
+            if method not in PROJECT_METHODS:
+                p.error(f"--methods: unknown {method!r}; expected some of {', '.join(PROJECT_METHODS)}")
+            results.setdefault(backend, {})[method] = row = time_project(method, backend, base, batch, args,
+                                                                          device)
+            _free(device)
+            print(f"{backend:9s} {method:9s} {row['median_ms']:8.1f} ms/step (p10 {row['p10_ms']:.1f}, "
+                  f"p90 {row['p90_ms']:.1f}; {100 * row['trainable_fraction']:.2f}% trainable)", flush=True)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     report = {
         "device": device.type,
         "device_name": dev_name,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": _git_commit(),
         "threads": torch.get_num_threads(),
         "load_average_1m": [load_before, os.getloadavg()[0]],
         "model": args.model,
@@ -128,16 +260,18 @@ def main(argv: list[str] | None = None) -> int:
         "transformers": transformers.__version__,
         "peft": peft.__version__,
         "python": platform.python_version(),
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python", "benchmarks/step_time.py", *(argv if argv is not None else sys.argv[1:])]),
         "results": results,
     }
-    if "ars" in results and "adalora" in results:
-        report["ars_over_adalora"] = results["ars"]["median_s"] / results["adalora"]["median_s"]
-    if "ars" in results and "lora" in results:
-        report["ars_over_lora"] = results["ars"]["median_s"] / results["lora"]["median_s"]
+    _ratios(report)
+    for key in sorted(k for k in report if k.endswith(("_over_lora", "_over_adalora", "_reference"))
+                      or "_over_" in k):
+        print(f"{key}: {report[key]:.3f}")
     out = Path(args.out) if args.out else RESULTS / f"step_time_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out)
     print(f"wrote {out}")
     return 0
 

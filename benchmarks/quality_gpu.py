@@ -1,0 +1,182 @@
+"""The GPU quality proof of ARS, run with the orchestrator (Ray Tune -> Ray Train -> DeepSpeed -> MLflow).
+
+Two phases, each a self-contained `lingo tune` sweep that fits in one 10-minute device call:
+
+  select   jobs/lr_select_gpu.yaml: one lr grid for every method on re-split tasks, dev MCC decides.
+           Writes the rows and the chosen lr per method (`"chosen_lr"`) to the results file.
+  proof    jobs/quality_gpu.yaml with `search.<method>.lr=<chosen>` from the selection rows; any other
+           `key=value` (tasks=[...], methods=[...], seeds=[...]) picks a group of trials. New rows are
+           merged into the results file, replacing rows of the same (task, method, seed).
+
+  python benchmarks/quality_gpu.py select --out benchmarks/results/lr_select_gpu.json
+  python benchmarks/quality_gpu.py proof --lr-from benchmarks/results/lr_select_gpu.json \\
+      --out benchmarks/results/quality_gpu.json seeds=[0] 'tasks=[tf/0,tf/1]'
+  python benchmarks/quality_gpu.py collect --output-dir runs/quality_gpu --out ...  # rows of a cut-off sweep
+  python benchmarks/quality_gpu.py table benchmarks/results/quality_gpu.json      # Markdown table
+
+Rows: {"task", "method", "seed", "lr", "dev_mcc", "test_mcc", "trainable_params", "best_step",
+"total_steps", "wall_time_s"}; the file also records device, command, commit and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from orchestrator import tracking  # noqa: E402
+from orchestrator.jobspec import load_job  # noqa: E402
+from orchestrator.sweep import STATE_FILE, run_sweep  # noqa: E402
+
+JOBS = {"select": REPO / "jobs" / "lr_select_gpu.yaml", "proof": REPO / "jobs" / "quality_gpu.yaml"}
+KEY = ("task", "method", "seed", "lr")
+# DNABERT-2's published test MCC (x100) on the 9 proof tasks, cited from its paper (Zhou et al. 2024,
+# Table 2): not measured here.
+DNABERT2_MCC = {"prom_core_all": 69.37, "prom_core_notata": 68.04, "prom_core_tata": 74.17,
+                "prom_300_tata": 71.59, "tf/0": 71.99, "tf/1": 76.06, "tf/2": 66.52, "tf/3": 58.54,
+                "tf/4": 77.43}
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _device() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def sweep_rows(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list[dict]:
+    """One row per finished trial of a sweep, read back from its MLflow store."""
+    c = tracking.client(tracking_uri)
+    rows = []
+    for run in tracking.child_runs(c, experiment_id, parent_run_id):
+        if run.info.status != "FINISHED":
+            continue
+        m, p, t = run.data.metrics, run.data.params, run.data.tags
+        rows.append({"task": t.get("task"), "method": t.get("method"), "seed": int(t.get("seed")),
+                     "lr": float(p["train.lr"]), "dev_mcc": m.get("best_dev_mcc"), "test_mcc": m.get("test_mcc"),
+                     "trainable_params": int(m.get("trainable_params", 0)), "best_step": int(m.get("best_step", 0)),
+                     "total_steps": int(m.get("total_steps", 0)), "wall_time_s": m.get("wall_time_s")})
+    return rows
+
+
+def choose_lr(rows: list[dict]) -> dict[str, float]:
+    """Per method: the lr with the highest mean dev MCC over the selection tasks (dev only)."""
+    by: dict[tuple[str, float], list[float]] = {}
+    for r in rows:
+        if r["dev_mcc"] is not None and math.isfinite(r["dev_mcc"]):
+            by.setdefault((r["method"], r["lr"]), []).append(r["dev_mcc"])
+    best: dict[str, tuple[float, float]] = {}
+    for (method, lr), values in sorted(by.items()):
+        mean = statistics.fmean(values)
+        if method not in best or mean > best[method][1]:
+            best[method] = (lr, mean)
+    return {method: lr for method, (lr, _) in best.items()}
+
+
+def merge(path: Path, rows: list[dict], extra: dict) -> dict:
+    """Rows of `path` (if any) with `rows` replacing equal keys; written to a temp name, then renamed."""
+    report = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+    keyed = {tuple(r[k] for k in KEY): r for r in report["rows"]}
+    keyed.update({tuple(r[k] for k in KEY): r for r in rows})
+    report.update(extra)
+    report["rows"] = sorted(keyed.values(), key=lambda r: (r["task"], r["method"], r["seed"], r["lr"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(path)
+    return report
+
+
+def table(report: dict) -> str:
+    """Markdown: test MCC x100 per task and method, mean ± std over seeds, DNABERT-2 (cited) beside."""
+    rows = report["rows"]
+    methods = [m for m in ("ars", "lora", "adalora", "full") if any(r["method"] == m for r in rows)]
+    tasks = [t for t in DNABERT2_MCC if any(r["task"] == t for r in rows)]
+    out = ["| task | " + " | ".join(methods) + " | DNABERT-2 (cited) |",
+           "|---|" + "---|" * (len(methods) + 1)]
+    means: dict[str, list[float]] = {m: [] for m in methods}
+    for task in tasks:
+        cells = []
+        for m in methods:
+            v = [100 * r["test_mcc"] for r in rows if r["task"] == task and r["method"] == m]
+            if not v:
+                cells.append("-")
+                continue
+            means[m].append(statistics.fmean(v))
+            sd = f" ± {statistics.stdev(v):.1f}" if len(v) > 1 else ""
+            cells.append(f"{statistics.fmean(v):.1f}{sd} (n={len(v)})")
+        out.append(f"| {task} | " + " | ".join(cells) + f" | {DNABERT2_MCC[task]:.2f} |")
+    out.append("| **mean over tasks run** | " + " | ".join(
+        f"{statistics.fmean(means[m]):.1f}" if means[m] else "-" for m in methods) + " | |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("phase", choices=("select", "proof", "collect", "table"))
+    p.add_argument("overrides", nargs="*", help="key=value job-spec overrides (proof/select), or the results file (table)")
+    p.add_argument("--out", default=None, help="results JSON (merged into when it exists)")
+    p.add_argument("--lr-from", default=None, help="proof: the selection results whose chosen_lr to use")
+    p.add_argument("--output-dir", default=None, help="sweep folder (default runs/<job name>)")
+    args = p.parse_intermixed_args(argv)  # key=value overrides may come before or after the flags
+    if args.phase == "table":
+        print(table(json.loads(Path(args.overrides[0]).read_text())))
+        return 0
+
+    out = Path(args.out) if args.out else None
+    if args.phase == "collect":  # a sweep cut off by its time limit: the trials that finished count
+        sweep = Path(args.output_dir or "runs/quality_gpu")
+        state = json.loads((sweep / STATE_FILE).read_text())
+        name = json.loads((sweep / "job.json").read_text())["name"]
+        phase = "select" if name == load_job(JOBS["select"]).name else "proof"
+        rows = sweep_rows(state["tracking_uri"], state["experiment_id"], state["parent_run_id"])
+        return _finish(phase, out or REPO / "benchmarks" / "results" / f"{sweep.name}.json", rows, argv, {})
+
+    overrides = list(args.overrides)
+    chosen = {}
+    if args.phase == "proof" and args.lr_from:
+        chosen = json.loads(Path(args.lr_from).read_text())["chosen_lr"]
+        overrides = [f"search.{m}.lr={lr}" for m, lr in chosen.items()] + overrides
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    job = load_job(JOBS[args.phase], overrides)
+    result = run_sweep(job)
+    rows = sweep_rows(result.tracking_uri, result.experiment_id, result.parent_run_id)
+    code = _finish(args.phase, out or REPO / "benchmarks" / "results" / f"{job.name}.json", rows, argv, chosen)
+    return code if result.errors == 0 else 1
+
+
+def _finish(phase: str, out: Path, rows: list[dict], argv: list[str], chosen: dict) -> int:
+    extra = {"device": _device(), "commit": _commit(), "job": str(JOBS[phase].relative_to(REPO)),
+             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             "command": " ".join(["python", "benchmarks/quality_gpu.py", *argv])}
+    report = merge(out, rows, extra)
+    if phase == "select":
+        report = merge(out, [], {"chosen_lr": choose_lr(report["rows"])})
+        print("chosen lr (mean dev MCC over the selection tasks):", report["chosen_lr"])
+    else:
+        if chosen:
+            report = merge(out, [], {"lr_from_selection": chosen})
+        print(table(report))
+    print(f"{len(rows)} finished trial(s) this sweep; {len(report['rows'])} rows in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
