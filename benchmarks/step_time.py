@@ -181,7 +181,7 @@ def _ratios(report: dict) -> None:
     refs = report["results"].get("references", {})
     floor = refs.get("floor", {}).get("median_ms")
     for backend, rows in report["results"].items():
-        if backend == "references":
+        if backend in ("references", "errors"):
             continue
         for row in rows.values():
             if floor:
@@ -237,9 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         for method in [m for m in args.methods.split(",") if m]:
             if method not in PROJECT_METHODS:
                 p.error(f"--methods: unknown {method!r}; expected some of {', '.join(PROJECT_METHODS)}")
-            results.setdefault(backend, {})[method] = row = time_project(method, backend, base, batch, args,
-                                                                          device)
-            _free(device)
+            try:  # one failing configuration must not cost the others (a GPU run is expensive)
+                row = time_project(method, backend, base, batch, args, device)
+            except Exception as e:  # noqa: BLE001 - recorded in the report and printed
+                results.setdefault("errors", {})[f"{backend}/{method}"] = f"{type(e).__name__}: {e}"
+                print(f"{backend:9s} {method:9s} FAILED: {type(e).__name__}: {e}", flush=True)
+                continue
+            finally:
+                _free(device)
+            results.setdefault(backend, {})[method] = row
             print(f"{backend:9s} {method:9s} {row['median_ms']:8.1f} ms/step (p10 {row['p10_ms']:.1f}, "
                   f"p90 {row['p90_ms']:.1f}; {100 * row['trainable_fraction']:.2f}% trainable)", flush=True)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
