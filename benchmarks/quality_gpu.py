@@ -115,20 +115,21 @@ def table(report: dict) -> str:
     tasks = [t for t in DNABERT2_MCC if any(r["task"] == t for r in rows)]
     out = ["| task | " + " | ".join(methods) + " | DNABERT-2 (cited) |",
            "|---|" + "---|" * (len(methods) + 1)]
-    means: dict[str, list[float]] = {m: [] for m in methods}
+    cell: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        cell.setdefault((r["task"], r["method"]), []).append(100 * r["test_mcc"])
     for task in tasks:
         cells = []
         for m in methods:
-            v = [100 * r["test_mcc"] for r in rows if r["task"] == task and r["method"] == m]
-            if not v:
-                cells.append("-")
-                continue
-            means[m].append(statistics.fmean(v))
-            sd = f" ± {statistics.stdev(v):.1f}" if len(v) > 1 else ""
-            cells.append(f"{statistics.fmean(v):.1f}{sd} (n={len(v)})")
+            v = cell.get((task, m))
+            sd = f" ± {statistics.stdev(v):.1f}" if v and len(v) > 1 else ""
+            cells.append(f"{statistics.fmean(v):.1f}{sd} (n={len(v)})" if v else "-")
         out.append(f"| {task} | " + " | ".join(cells) + f" | {DNABERT2_MCC[task]:.2f} |")
-    out.append("| **mean over tasks run** | " + " | ".join(
-        f"{statistics.fmean(means[m]):.1f}" if means[m] else "-" for m in methods) + " | |")
+    paired = [t for t in tasks if all((t, m) in cell for m in methods)]  # compare means on the same tasks only
+    out.append(f"| **mean over the {len(paired)} task(s) every method finished** | " + " | ".join(
+        f"{statistics.fmean(statistics.fmean(cell[(t, m)]) for t in paired):.1f}" if paired else "-"
+        for m in methods) + " | " + (f"{statistics.fmean(DNABERT2_MCC[t] for t in paired):.2f}" if paired else "")
+        + " |")
     return "\n".join(out)
 
 

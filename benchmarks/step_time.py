@@ -94,12 +94,13 @@ def _settings(method: str, warmup: int) -> AdapterSettings:
     return AdapterSettings(method=method)
 
 
-def _backend(name: str, device: torch.device, batch_size: int):
+def _backend(name: str, device: torch.device, batch_size: int, ds_config: dict):
     if name == "torch":
         return TorchBackend(device, grad_accum=1, max_grad_norm=1.0)
     from orchestrator.worker import DeepSpeedBackend, DeepSpeedSettings
 
-    return DeepSpeedBackend(DeepSpeedSettings(zero_stage=2, micro_batch_size=batch_size, grad_accum=1))
+    return DeepSpeedBackend(DeepSpeedSettings(zero_stage=2, micro_batch_size=batch_size, grad_accum=1,
+                                              config=ds_config))
 
 
 def time_project(method: str, backend_name: str, base: torch.nn.Module, batch: dict, args,
@@ -110,7 +111,7 @@ def time_project(method: str, backend_name: str, base: torch.nn.Module, batch: d
                                     total_steps=total, seed=0)
     params = [p for p in model.parameters() if p.requires_grad]
     n_train, n_all = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
-    backend = _backend(backend_name, device, args.batch_size)
+    backend = _backend(backend_name, device, args.batch_size, json.loads(args.ds_config))
     module = backend.prepare(model, params, lr=1e-4, weight_decay=0.0, warmup_steps=0, total_steps=total)
     if controller is not None:
         controller.bind(backend.shard_access(controller.params))
@@ -208,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="ars,lora,adalora,full", help="project methods to time")
     p.add_argument("--references", default="floor,peft_lora", help="hand-written references ('' for none)")
     p.add_argument("--backends", default="torch", help="torch and/or deepspeed (ZeRO-2, one rank)")
+    p.add_argument("--ds-config", default="{}", help="JSON merged into the DeepSpeed config (variants to compare)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--out", default=None, help="output JSON (default: benchmarks/results/step_time_<device>.json)")
     args = p.parse_args(argv)
@@ -262,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         "seq_len_tokens": int(batch["input_ids"].shape[1]),
         "warmup": args.warmup,
         "steps": args.steps,
+        "ds_config": json.loads(args.ds_config),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "peft": peft.__version__,

@@ -120,6 +120,9 @@ class RankController:
             self.kept = select_top(scores, budget)
             if s.resamples(step):
                 self.reintroduced, self.dropped = self.sampler.draw(scores, self.kept, budget)
+            elif s.settles(step):  # the last period before the final selection: the kept set alone
+                self.reintroduced.zero_()
+                self.dropped.zero_()
         else:  # warm-up, or between deltaT selections: the pattern in force stays
             self.counts[step] = self.counts[step - 1]
             return

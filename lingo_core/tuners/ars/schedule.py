@@ -6,6 +6,7 @@ With T total steps (1-based optimizer steps), n = init budget, t = target budget
     tinit < step < T - tfinal   pruning: budget b(step) = t + (n - t) (1 - (step - tinit) / (T - tfinal - tinit))^3
                                 (AdaLoRA's cubic schedule); the top-b triplets by importance are kept every
                                 deltaT steps; ARS redraws its exploration every `resample_every` steps
+                                until one period before T - tfinal, then the kept set trains alone
     step == T - tfinal          final selection: the top-t triplets, deterministically
     step >  T - tfinal          frozen: the final pattern trains alone
 
@@ -85,12 +86,26 @@ class RankSchedule:
         """Whether the gradients of `step` feed the importance EMAs (as PEFT: every step before the final one)."""
         return step < self.final_step
 
+    @property
+    def exploration_end(self) -> int:
+        """The first step with no exploration in force: one resample period before the final selection.
+        The kept set then trains alone for a period, so the final importance is measured on it and the
+        final selection does not switch off reintroduced triplets the network has just come to use."""
+        return max(self.tinit + 1, self.final_step - self.resample_every)
+
     def resamples(self, step: int) -> bool:
-        """Whether ARS redraws its exploration at `step`: the first pruning step, then every resample_every."""
-        if self.exploration == 0 or not self.tinit < step < self.final_step:
+        """Whether ARS redraws its exploration at `step`: the first pruning step, then every resample_every,
+        while the period still starts before exploration_end."""
+        if self.exploration == 0 or not self.tinit < step < self.exploration_end:
             return False
         return (step - self.tinit - 1) % self.resample_every == 0
 
+    def settles(self, step: int) -> bool:
+        """Whether the exploration in force ends at `step` (exploration_end, before the final selection)."""
+        return self.exploration > 0 and step == self.exploration_end < self.final_step
+
     def selects(self, step: int) -> bool:
-        """Whether the top-budget set is recomputed at `step` (every deltaT pruning steps, and at draws)."""
-        return self.tinit < step < self.final_step and (step % self.deltaT == 0 or self.resamples(step))
+        """Whether the top-budget set is recomputed at `step` (every deltaT pruning steps, at draws and
+        when exploration settles)."""
+        return self.tinit < step < self.final_step and (
+            step % self.deltaT == 0 or self.resamples(step) or self.settles(step))

@@ -56,6 +56,8 @@ def test_full_schedule_follows_budget_and_ends_on_target(make_base, kind, method
     pruning = history[4:31]
     for h in history[31:]:  # final selection (step 32) and frozen phase: exactly the target, no exploration
         assert h["budget"] == h["active_ranks"] == 2 * n_matrices and h["regrown"] == h["dropped"] == 0
+    settled = history[controller.schedule.exploration_end - 1 : 31]  # the last period: the kept set alone
+    assert settled and all(h["regrown"] == h["dropped"] == 0 and h["active_ranks"] == h["budget"] for h in settled)
     if method == "ars":
         assert sum(h["regrown"] for h in pruning) > 0 and sum(h["dropped"] for h in pruning) > 0
     else:

@@ -28,12 +28,15 @@ def test_cubic_budget_matches_peft_formula():
 
 def test_event_steps():
     s = RankSchedule(**SCHEDULE, deltaT=3, resample_every=10, exploration=0.1)
-    assert [t for t in range(1, 41) if s.resamples(t)] == [5, 15, 25]  # first pruning step, then every 10
+    # first pruning step, then every 10, while a period still starts before 32 - 10 = 22
+    assert s.exploration_end == 22
+    assert [t for t in range(1, 41) if s.resamples(t)] == [5, 15]
+    assert [t for t in range(1, 41) if s.settles(t)] == [22]  # the kept set alone from here to the final step
     selects = [t for t in range(1, 41) if s.selects(t)]
-    assert selects == sorted({5, 15, 25} | {t for t in range(5, 32) if t % 3 == 0})
+    assert selects == sorted({5, 15, 22} | {t for t in range(5, 32) if t % 3 == 0})
     assert all(s.observes(t) for t in range(1, 32)) and not any(s.observes(t) for t in range(32, 41))
     adalora = RankSchedule(**SCHEDULE)  # exploration 0: never draws
-    assert not any(adalora.resamples(t) for t in range(1, 41))
+    assert not any(adalora.resamples(t) or adalora.settles(t) for t in range(1, 41))
     assert [t for t in range(1, 41) if adalora.selects(t)] == list(range(5, 32))
 
 
