@@ -8,7 +8,8 @@
 #   mkdir -p .stage/a .stage/b && split -n 2 -d $G part. && mv part.00 .stage/a/ && mv part.01 .stage/b/
 #   sha256sum $G | cut -d' ' -f1 > .stage/b/sum          # + task folders under .stage/{a,b}/gue, wheels
 #   ../shared/tools/device-bundle.sh                      # .device/: Ray, DeepSpeed, MLflow for the image
-# Then, back to back:
+# Then, back to back (prefix each command with LINGO_COMMIT=<git rev-parse HEAD here>: the device's
+# copy of .git can be stale, and the result files record that commit):
 #   carry [.stage/a]  bash benchmarks/gpu_session.sh stage-a      # + the co-location probe
 #   carry [.stage/b]  bash benchmarks/gpu_session.sh stage-b      # + benchmarks/step_time.py
 #   carry [.device]   bash benchmarks/gpu_session.sh select       # lr selection sweep (re-split tasks)

@@ -21,17 +21,16 @@ Rows: {"task", "method", "seed", "lr", "sampling" (ars), "dev_mcc", "test_mcc", 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.provenance import git_commit, utc_now  # noqa: E402
 from orchestrator import tracking  # noqa: E402
 from orchestrator.jobspec import load_job  # noqa: E402
 from orchestrator.sweep import STATE_FILE, run_sweep  # noqa: E402
@@ -43,14 +42,6 @@ KEY = ("task", "method", "seed", "lr", "sampling")
 DNABERT2_MCC = {"prom_core_all": 69.37, "prom_core_notata": 68.04, "prom_core_tata": 74.17,
                 "prom_300_tata": 71.59, "tf/0": 71.99, "tf/1": 76.06, "tf/2": 66.52, "tf/3": 58.54,
                 "tf/4": 77.43}
-
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def _device() -> str:
@@ -170,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _finish(phase: str, out: Path, rows: list[dict], argv: list[str], chosen: dict) -> int:
-    extra = {"device": _device(), "commit": _commit(), "job": str(JOBS[phase].relative_to(REPO)),
-             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    extra = {"device": _device(), "commit": git_commit(), "job": str(JOBS[phase].relative_to(REPO)),
+             "date": utc_now(),
              "command": " ".join(["python", "benchmarks/quality_gpu.py", *argv])}
     report = merge(out, rows, extra)
     if phase == "select":

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from any folder
 
+from benchmarks.provenance import git_commit, utc_now  # noqa: E402
 from lingo_core.data.loading import load_split  # noqa: E402
 from lingo_core.data.task import TaskRegistry  # noqa: E402
 from lingo_core.modeling import DEFAULT_TARGET_MODULES, load_classifier, load_tokenizer, resolve_model  # noqa: E402
@@ -170,14 +169,6 @@ def time_reference(name: str, base: torch.nn.Module, batch: dict, args, device: 
 
 
 # ---- report ---------------------------------------------------------------------------------------------
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def _ratios(report: dict) -> None:
     refs = report["results"].get("references", {})
     floor = refs.get("floor", {}).get("median_ms")
@@ -254,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "device": device.type,
         "device_name": dev_name,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _git_commit(),
+        "date": utc_now(),
+        "commit": git_commit(),
         "threads": torch.get_num_threads(),
         "load_average_1m": [load_before, os.getloadavg()[0]],
         "model": args.model,

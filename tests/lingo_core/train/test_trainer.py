@@ -98,9 +98,9 @@ def test_gradient_accumulation_matches_large_batch(tiny_model_dir, gue_root, tmp
 def test_resume_equals_uninterrupted(tiny_model_dir, gue_root, tmp_path):
     """Train 12 steps with checkpoints; resume from step 6; the final weights match bit for bit.
 
-    ARS schedule of 12 steps: warm-up 1, exploration drawn at steps 2, 5 and 8, final selection at 10.
-    After the resume, step 7 keeps the draw of step 5 (held decisions restored), step 8 draws from the
-    restored generator, step 10 selects from the restored importance EMAs."""
+    ARS schedule of 12 steps: warm-up 1, exploration drawn at every step from 2 to 8 (resample period 1),
+    settled at 9, final selection at 10. After the resume at 6, steps 7 and 8 draw from the restored
+    generator and step 10 selects from the restored importance EMAs."""
     kept = tmp_path / "kept"
 
     def run(out, resume_from=None):
@@ -115,7 +115,7 @@ def test_resume_equals_uninterrupted(tiny_model_dir, gue_root, tmp_path):
                 final.update(backend.trainable_state())
 
         cfg = _cfg(tiny_model_dir, gue_root, out, epochs=3, eval_every=3, save_checkpoints=True, lr=5e-3,
-                   adapter={"method": "ars", "exploration": 0.3, "resample_every": 3})
+                   adapter={"method": "ars", "exploration": 0.3, "resample_every": 1})
         return train(cfg, backend=backend, hooks=TrainHooks(on_evaluate=on_eval), resume_from=resume_from), final, evs
 
     full, w_full, ev_full = run(tmp_path / "a")
