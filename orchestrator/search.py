@@ -89,7 +89,8 @@ def _check_key(key: str, where: str, types: dict[str, Any]) -> Any:
     if key in JOB_OWNED:
         raise FieldError(where, f"set by the job's top-level `{JOB_OWNED[key]}`, not here")
     if key not in types:
-        from lingo_core.tuners.config import RENAMED_KEYS  # lingo_core.tuners pulls in torch + PEFT: import late
+        # late: lingo_core.tuners pulls in torch + PEFT
+        from lingo_core.tuners.config import RENAMED_KEYS
 
         old = key.removeprefix("adapter.")
         if key.startswith("adapter.") and old in RENAMED_KEYS:
