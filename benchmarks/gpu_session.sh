@@ -10,7 +10,7 @@
 #   ../shared/tools/device-bundle.sh                      # .device/: Ray, DeepSpeed, MLflow for the image
 # Then, back to back (prefix each command with LINGO_COMMIT=<git rev-parse HEAD here>: the device's
 # copy of .git can be stale, and the result files record that commit):
-#   carry [.stage/a]  bash benchmarks/gpu_session.sh stage-a      # + the co-location probe
+#   carry [.stage/a]  bash benchmarks/gpu_session.sh stage-a      # PROBE=1: + the co-location probe
 #   carry [.stage/b]  bash benchmarks/gpu_session.sh stage-b      # + benchmarks/step_time.py
 #   carry [.device]   bash benchmarks/gpu_session.sh select       # lr selection sweep (re-split tasks)
 #   carry [.device]   bash benchmarks/gpu_session.sh proof seeds=[0] ...   # a group of proof trials
@@ -30,7 +30,7 @@ case "${1:-}" in
   stage-a)
     mkdir -p $ST && cp .stage/a/part.00 $ST/ && cp -r .stage/a/gue $ST/ || exit 4
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
-    python3 benchmarks/colocation_probe.py --procs 1,8 --seconds 10 --out "$OUT/colocation_gpu.json"
+    [ "${PROBE:-0}" = 1 ] && python3 benchmarks/colocation_probe.py --procs 1,8 --seconds 10 --out "$OUT/colocation_gpu.json"
     ;;
   stage-b)
     [ -f $ST/part.00 ] || cold
@@ -40,6 +40,9 @@ case "${1:-}" in
     python3 -m pip install -q --no-index --no-deps --no-compile --target $ST/site .stage/b/whl/*.whl || exit 5
     python3 benchmarks/step_time.py --batch-size 32 --steps 30 --warmup 5 --backends torch,deepspeed \
       --out "$OUT/step_time_gpu.json"
+    # ZeRO-2 without contiguous gradient buffers: fewer copies per parameter hook (ars has 1.5x lora's tensors)
+    python3 benchmarks/step_time.py --batch-size 32 --steps 30 --warmup 5 --backends deepspeed --methods ars,lora --references '' \
+      --ds-config '{"zero_optimization": {"contiguous_gradients": false}}' --out "$OUT/step_time_gpu_ds_nocontig.json"
     ;;
   select|proof)
     phase=$1; shift

@@ -156,6 +156,8 @@ class ResourcesSpec:
 
 @dataclass
 class DeepSpeedSpec:
+    enabled: bool = True  # false: each trial trains in one plain PyTorch process (workers_per_trial 1 only);
+    # with one worker ZeRO shards nothing, and the plain step skips DeepSpeed's per-parameter hooks
     zero_stage: int = 2  # shards optimizer state + grads; stage 3 (params too) only pays off for large LMs
     bf16: bool | str = "auto"  # "auto": on iff the trial has a GPU (CPU bf16 matmuls are slow here)
     offload_optimizer: bool = False  # CPU offload trades speed for memory; adapters' states are tiny

@@ -205,8 +205,12 @@ def validate_job(job: JobSpec) -> None:
             raise FieldError(f"search.{method}",
                              f"unknown method{suggest(method, [*METHODS, SEARCH_ALL])}; expected one of "
                              f"{', '.join(METHODS)} or '{SEARCH_ALL}'")
+    if not job.deepspeed.enabled and job.resources.workers_per_trial != 1:
+        raise FieldError("deepspeed.enabled", f"false trains each trial in one process, but "
+                         f"resources.workers_per_trial is {job.resources.workers_per_trial}; set it to 1 or "
+                         "enable DeepSpeed for data-parallel trials")
     rank_methods = [m for m in job.methods if m in RANK_METHODS]
-    if job.deepspeed.zero_stage == 3 and rank_methods:
+    if job.deepspeed.enabled and job.deepspeed.zero_stage == 3 and rank_methods:
         # The rank controller reads whole singular-value vectors and masks them in place; ZeRO-3 shards
         # every parameter, so the allocation would see empty partitions. Stage 2 keeps params whole.
         raise FieldError("deepspeed.zero_stage", f"stage 3 cannot run {', '.join(rank_methods)} (rank allocation "

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lingo_core.train.backend import linear_warmup_decay
+from lingo_core.train.backend import TorchBackend, linear_warmup_decay
 from lingo_core.tuners.ars.shards import Shard, ShardAccess, WholeParams
 
 # Fault injection for the resume test: when set to a path, rank 0 SIGKILLs its own process right after
@@ -361,6 +361,15 @@ def _log_result(logger: _RunLogger, result: Any, out_dir: Path) -> None:
     logger.artifacts(pairs)
 
 
+def build_backend(cfg: Any, job_deepspeed: dict | None) -> DeepSpeedBackend | TorchBackend:
+    """The trial's backend: DeepSpeed from the job's `deepspeed` block, or with `enabled: false` the plain
+    single-process TorchBackend on this worker's device (job validation allows that with one worker only)."""
+    job_deepspeed = dict(job_deepspeed or {})
+    if not job_deepspeed.pop("enabled", True):
+        return TorchBackend(_device(), grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm)
+    return DeepSpeedBackend(DeepSpeedSettings.for_train(cfg, job_deepspeed))
+
+
 def train_worker_fn(config: dict) -> None:
     """Ray Train per-worker function. config: {"train": TrainConfig dict, "deepspeed": job deepspeed
     block, "mlflow": {"tracking_uri", "run_id"} | None, "trial": {...} (logged as params)}."""
@@ -373,7 +382,7 @@ def train_worker_fn(config: dict) -> None:
     cfg = TrainConfig.from_dict(config["train"])
     ctx = ray.train.get_context()
     rank, local_rank = ctx.get_world_rank(), ctx.get_local_rank()
-    backend = DeepSpeedBackend(DeepSpeedSettings.for_train(cfg, config.get("deepspeed")))
+    backend = build_backend(cfg, config.get("deepspeed"))
     ml = config.get("mlflow") or None
     logger = _RunLogger(ml["tracking_uri"], ml["run_id"]) if ml and rank == 0 else None
     hooks = RayTrainHooks(rank, local_rank, logger, cfg.adapter.method in RANK_METHODS)
@@ -385,7 +394,8 @@ def train_worker_fn(config: dict) -> None:
             resumed_step = checkpoint_step(resume_dir)
         if logger is not None:
             logger.params({**config.get("trial", {}), "train": cfg.to_dict(), "world_size": backend.world_size,
-                           "deepspeed": {"zero_stage": backend.settings.zero_stage}})
+                           "deepspeed": {"zero_stage": backend.settings.zero_stage}
+                           if isinstance(backend, DeepSpeedBackend) else {"enabled": False}})
             if resume_dir is not None:
                 logger.metrics({"resumed_from_step": resumed_step}, resumed_step)
                 logger.tags({"lingo.resumed_from_step": resumed_step})

@@ -41,6 +41,8 @@ class TrainConfig:
     """Fraction of total steps spent warming the lr up linearly from 0."""
     max_grad_norm: float | None = 1.0  # standard clipping; None/0 disables
     """Global gradient-norm clip."""
+    eval_batch_size: int | None = None  # None -> 4 x batch_size: a forward pass keeps no activations for backward
+    """Batch size of the dev and test passes (results do not depend on it)."""
     eval_every: int | None = None  # None -> once per epoch: cheap and enough for model selection
     """Evaluate on dev every N optimizer steps (and at the last step)."""
     log_every: int = 10  # frequent enough for a live loss curve, rare enough not to flood MLflow
@@ -71,7 +73,8 @@ class TrainConfig:
         _positive_int(self, "batch_size")
         _positive_int(self, "grad_accum")
         _positive_int(self, "log_every")
-        for name in ("max_length", "max_steps", "eval_every", "max_train_samples", "max_eval_samples"):
+        for name in ("max_length", "max_steps", "eval_batch_size", "eval_every", "max_train_samples",
+                     "max_eval_samples"):
             if getattr(self, name) is not None:
                 _positive_int(self, name)
         if self.max_length is not None and self.max_length < 8:
@@ -96,6 +99,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.output_dir={self.output_dir!r}: expected a non-empty path string")
 
     # ---- derived quantities -------------------------------------------------------------------------
+    @property
+    def eval_batch(self) -> int:
+        """Examples per dev/test forward pass."""
+        return self.eval_batch_size or 4 * self.batch_size
+
     def steps_per_epoch(self, n_train: int, world_size: int = 1) -> int:
         """Optimizer steps per epoch. Each rank sees ceil(n/world) examples (DistributedSampler pads);
         an incomplete accumulation group at the end of an epoch is dropped so every step sees

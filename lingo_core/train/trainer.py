@@ -223,8 +223,9 @@ def train(
     if controller is not None:  # after prepare: the controller's state lives where the model now is
         controller.bind(backend.shard_access(controller.params))
 
-    eval_loaders = {s: _loader(data[s], [list(range(i, min(i + cfg.batch_size, len(data[s]))))
-                                         for i in range(0, len(data[s]), cfg.batch_size)], tok.collate, cfg)
+    eb = cfg.eval_batch
+    eval_loaders = {s: _loader(data[s], [list(range(i, min(i + eb, len(data[s])))) for i in range(0, len(data[s]), eb)],
+                               tok.collate, cfg)
                     for s in ("dev", "test")}
     step, best_step, best_mcc, best_state, best_dev = 0, 0, -math.inf, None, {}
     n_dev_evals = 0

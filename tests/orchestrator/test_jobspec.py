@@ -188,3 +188,10 @@ def test_zero3_with_rank_methods_rejected(tmp_path):
     assert "deepspeed.zero_stage" in msg and "ars" in msg
     job = load_job(write(tmp_path, merged(methods=["lora"], deepspeed={"zero_stage": 3})))
     assert job.deepspeed.zero_stage == 3
+
+
+def test_plain_backend_needs_one_worker_per_trial(tmp_path):
+    msg = error_of(write(tmp_path, merged(deepspeed={"enabled": False}, resources={"workers_per_trial": 2})))
+    assert "deepspeed.enabled" in msg and "workers_per_trial" in msg
+    job = load_job(write(tmp_path, merged(deepspeed={"enabled": False, "zero_stage": 3}, methods=["ars"])))
+    assert job.deepspeed.enabled is False  # no ZeRO at all, so stage 3's limit on rank methods does not apply

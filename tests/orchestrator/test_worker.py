@@ -270,3 +270,13 @@ def test_checkpoint_tag_is_never_latest(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     assert (ckpt / "latest").read_text().strip() == "step3"
     assert (ckpt / "step3").is_dir()
+
+
+def test_disabled_deepspeed_builds_the_plain_backend() -> None:
+    from lingo_core.train import TorchBackend, TrainConfig
+    from orchestrator.worker import build_backend
+
+    cfg = TrainConfig(task="prom_core_tata", grad_accum=2, max_grad_norm=0.5)
+    backend = build_backend(cfg, {"enabled": False, "zero_stage": 2, "bf16": "auto"})
+    assert isinstance(backend, TorchBackend)
+    assert (backend.grad_accum, backend.max_grad_norm) == (2, 0.5)  # the trial's own accumulation and clip
