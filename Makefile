@@ -8,7 +8,7 @@ run: setup
 
 test: setup
 	.venv/bin/ruff check lingo_core orchestrator tests benchmarks
-	.venv/bin/python -m pytest -p no:cacheprovider -ra
+	.venv/bin/python -m pytest -p no:cacheprovider -ra --durations=20  # the slowest 20: where CI time goes
 
 setup:
 	bash scripts/setup.sh

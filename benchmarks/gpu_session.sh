@@ -30,7 +30,9 @@ case "${1:-}" in
   stage-a)
     mkdir -p $ST && cp .stage/a/part.00 $ST/ && cp -r .stage/a/gue $ST/ || exit 4
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
-    [ "${PROBE:-0}" = 1 ] && python3 benchmarks/colocation_probe.py --procs 1,8 --seconds 10 --out "$OUT/colocation_gpu.json"
+    if [ "${PROBE:-0}" = 1 ]; then
+      python3 benchmarks/colocation_probe.py --procs 1,8 --seconds 10 --out "$OUT/colocation_gpu.json"
+    fi
     ;;
   stage-b)
     [ -f $ST/part.00 ] || cold
@@ -38,7 +40,7 @@ case "${1:-}" in
     echo "$(cat .stage/b/sum)  $GGUF" | sha256sum -c - || exit 4
     rm -f $ST/part.00; cp -r .stage/b/gue/* $ST/gue/
     python3 -m pip install -q --no-index --no-deps --no-compile --target $ST/site .stage/b/whl/*.whl || exit 5
-    python3 benchmarks/step_time.py --batch-size 32 --steps 30 --warmup 5 --backends torch,deepspeed \
+    python3 benchmarks/step_time.py --batch-size 32 --steps 20 --warmup 5 --rounds 3 --backends torch,deepspeed \
       --out "$OUT/step_time_gpu.json"
     # ZeRO-2 without contiguous gradient buffers: fewer copies per parameter hook (ars has 1.5x lora's tensors)
     python3 benchmarks/step_time.py --batch-size 32 --steps 30 --warmup 5 --backends deepspeed --methods ars,lora --references '' \

@@ -13,7 +13,7 @@ ars and adalora are timed while their ranks are being pruned and ARS resamples (
 steps, tfinal = 1, the resample period derived as in training): the costly phase, not the frozen one.
 
   python benchmarks/step_time.py                                   # CPU: bs 8, every method, plain backend
-  python benchmarks/step_time.py --batch-size 32 --backends torch,deepspeed   # the GPU run
+  python benchmarks/step_time.py --batch-size 32 --backends torch,deepspeed --rounds 3   # the GPU run
   python benchmarks/step_time.py --steps 5 --warmup 1 --methods ars,lora
 
 Writes benchmarks/results/step_time_<device>.json: per backend and method the median / p10 / p90 ms,
@@ -69,11 +69,25 @@ def _timed(step: Callable[[], None], device: torch.device, warmup: int, steps: i
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    times.sort()
-    out = {"median_ms": 1e3 * statistics.median(times), "p10_ms": 1e3 * times[int(0.1 * (len(times) - 1))],
-           "p90_ms": 1e3 * times[int(0.9 * (len(times) - 1))], "steps_timed": len(times)}
+    out = _stats([1e3 * t for t in times])
     if device.type == "cuda":
         out["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def _stats(times_ms: list[float]) -> dict:
+    ordered = sorted(times_ms)
+    return {"median_ms": statistics.median(ordered), "p10_ms": ordered[int(0.1 * (len(ordered) - 1))],
+            "p90_ms": ordered[int(0.9 * (len(ordered) - 1))], "steps_timed": len(ordered), "times_ms": times_ms}
+
+
+def _merge_rounds(rows: list[dict]) -> dict:
+    """One row from several rounds of the same configuration: statistics over all timed steps, plus each
+    round's median (a drifting machine shows as medians that move together across methods)."""
+    out = {**rows[-1], **_stats([t for r in rows for t in r["times_ms"]])}
+    out["round_medians_ms"] = [r["median_ms"] for r in rows]
+    if "peak_mem_gb" in out:
+        out["peak_mem_gb"] = max(r["peak_mem_gb"] for r in rows)
     return out
 
 
@@ -199,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, caches, autotune)")
     p.add_argument("--methods", default="ars,lora,adalora,full", help="project methods to time")
     p.add_argument("--references", default="floor,peft_lora", help="hand-written references ('' for none)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat every configuration this many times, interleaved (a shared host drifts)")
     p.add_argument("--backends", default="torch", help="torch and/or deepspeed (ZeRO-2, one rank)")
     p.add_argument("--ds-config", default="{}", help="JSON merged into the DeepSpeed config (variants to compare)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
@@ -217,30 +233,47 @@ def main(argv: list[str] | None = None) -> int:
 
     base = load_classifier(ref, spec.num_labels)  # once: GGUF de-quantisation takes ~15 s; each method copies it
     load_before = os.getloadavg()[0]  # other jobs on the box inflate CPU timings: record it
-    results: dict[str, dict] = {}
-    for name in [r for r in args.references.split(",") if r]:
+    references = [r for r in args.references.split(",") if r]
+    backends = [b for b in args.backends.split(",") if b]
+    methods = [m for m in args.methods.split(",") if m]
+    for name in references:
         if name not in REFERENCES:
             p.error(f"--references: unknown {name!r}; expected some of {', '.join(REFERENCES)}")
-        results.setdefault("references", {})[name] = row = time_reference(name, base, batch, args, device)
-        _free(device)
-        print(f"{'reference':9s} {name:9s} {row['median_ms']:8.1f} ms/step", flush=True)
-    for backend in [b for b in args.backends.split(",") if b]:
+    for backend in backends:
         if backend not in ("torch", "deepspeed"):
             p.error(f"--backends: unknown {backend!r}; expected torch and/or deepspeed")
-        for method in [m for m in args.methods.split(",") if m]:
-            if method not in PROJECT_METHODS:
-                p.error(f"--methods: unknown {method!r}; expected some of {', '.join(PROJECT_METHODS)}")
-            try:  # one failing configuration must not cost the others (a GPU run is expensive)
-                row = time_project(method, backend, base, batch, args, device)
-            except Exception as e:  # noqa: BLE001 - recorded in the report and printed
-                results.setdefault("errors", {})[f"{backend}/{method}"] = f"{type(e).__name__}: {e}"
-                print(f"{backend:9s} {method:9s} FAILED: {type(e).__name__}: {e}", flush=True)
-                continue
-            finally:
-                _free(device)
-            results.setdefault(backend, {})[method] = row
-            print(f"{backend:9s} {method:9s} {row['median_ms']:8.1f} ms/step (p10 {row['p10_ms']:.1f}, "
-                  f"p90 {row['p90_ms']:.1f}; {100 * row['trainable_fraction']:.2f}% trainable)", flush=True)
+    for method in methods:
+        if method not in PROJECT_METHODS:
+            p.error(f"--methods: unknown {method!r}; expected some of {', '.join(PROJECT_METHODS)}")
+    if args.rounds < 1:
+        p.error(f"--rounds: expected >= 1, got {args.rounds}")
+    rounds: dict[tuple[str, str], list[dict]] = {}
+    errors: dict[str, str] = {}
+    for i in range(args.rounds):  # round-robin: every configuration sees the machine in each of its states
+        for name in references:
+            rounds.setdefault(("references", name), []).append(row := time_reference(name, base, batch, args, device))
+            _free(device)
+            print(f"[{i}] {'reference':9s} {name:9s} {row['median_ms']:8.1f} ms/step", flush=True)
+        for backend in backends:
+            for method in methods:
+                if f"{backend}/{method}" in errors:
+                    continue
+                try:  # one failing configuration must not cost the others (a GPU run is expensive)
+                    row = time_project(method, backend, base, batch, args, device)
+                except Exception as e:  # noqa: BLE001 - recorded in the report and printed
+                    errors[f"{backend}/{method}"] = f"{type(e).__name__}: {e}"
+                    print(f"{backend:9s} {method:9s} FAILED: {type(e).__name__}: {e}", flush=True)
+                    continue
+                finally:
+                    _free(device)
+                rounds.setdefault((backend, method), []).append(row)
+                print(f"[{i}] {backend:9s} {method:9s} {row['median_ms']:8.1f} ms/step (p10 {row['p10_ms']:.1f}, "
+                      f"p90 {row['p90_ms']:.1f}; {100 * row['trainable_fraction']:.2f}% trainable)", flush=True)
+    results: dict[str, dict] = {}
+    for (group, name), rows in rounds.items():
+        results.setdefault(group, {})[name] = _merge_rounds(rows)
+    if errors:
+        results["errors"] = errors
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     report = {
         "device": device.type,
@@ -255,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "seq_len_tokens": int(batch["input_ids"].shape[1]),
         "warmup": args.warmup,
         "steps": args.steps,
+        "rounds": args.rounds,
         "ds_config": json.loads(args.ds_config),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -81,13 +81,25 @@ def prepare(job_path: str | Path, overrides: Sequence[str], validate: bool = Tru
     return build_entrypoint(rel, overrides), runtime_env(uses_gpu, extra_env)
 
 
+AGENT_WAIT_S = 120  # how long a submission waits for a freshly started head's job agent
+
+
 def submit(address: str, entrypoint: str, env: dict, submission_id: str | None = None,
            metadata: dict[str, str] | None = None) -> str:
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)
-    return client.submit_job(entrypoint=entrypoint, runtime_env=env, submission_id=submission_id,
-                             metadata=metadata or {})
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=env, submission_id=submission_id,
+                                     metadata=metadata or {})
+        except RuntimeError as e:
+            # A head that has just started answers HTTP 500 "No available agent" until its job agent is up
+            # (seen at about 20 s on a loaded 2-core machine); anything else is a real error.
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def follow(address: str, job_id: str, out=sys.stdout, timeout_s: float | None = None) -> str:
