@@ -19,6 +19,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from lingo_core.data.loading import DataError
+from lingo_core.data.task import UnknownTaskError
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners.config import AdapterSettings
 
@@ -131,7 +133,7 @@ def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
         if "config" in ns:
             path = Path(ns.pop("config"))
             text = path.read_text()
-            loaded = json.loads(text) if path.suffix == ".json" else _yaml(text)
+            loaded = json.loads(text) if path.suffix == ".json" else _yaml(text, path)
             if not isinstance(loaded, dict):
                 raise ValueError(f"{path}: expected a mapping of TrainConfig fields")
             for k, v in loaded.items():
@@ -157,10 +159,20 @@ def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
         raise  # unreachable: parser.error exits
 
 
-def _yaml(text: str) -> Any:
+def _yaml(text: str, path: Path) -> Any:
     import yaml
 
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)  # safe_load: a !!python/... tag is refused, never run
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{path}{where}: not valid YAML ({problem}); expected a mapping of TrainConfig fields") from e
+
+
+# Raised by train() before it writes anything, for inputs the user named (task, data root, data files, model).
+USER_ERRORS = (UnknownTaskError, DataError, FileNotFoundError, NotADirectoryError)
 
 
 def summary_line(result) -> str:
@@ -179,7 +191,11 @@ def train_main(argv: list[str] | None = None) -> int:
     from lingo_core.train.trainer import train
 
     cfg = parse_train_args(argv)
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except USER_ERRORS as e:  # what the user named does not exist or does not parse: one line, exit 2
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        build_parser().error(message)
     out = Path(cfg.output_dir)
     report = result.to_dict()
     predictions = report.pop("test_predictions")

@@ -199,11 +199,10 @@ def train(
     backend = backend or TorchBackend(grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm)
     rank, world = backend.rank, backend.world_size
     out_dir = Path(cfg.output_dir)
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-
     spec, tables = _prepare_data(cfg)
     ref = resolve_model(cfg.model)
+    if rank == 0:  # only once the task, its data and the model are known to exist: a bad name leaves nothing
+        out_dir.mkdir(parents=True, exist_ok=True)
     max_length = cfg.max_length or suggest_max_length(spec.seq_len_bp, cfg.tokenization)
     tok = LingoTokenizer(load_tokenizer(ref), mode=cfg.tokenization, max_length=max_length)
     data = {s: tok.encode_table(t, spec.description) for s, t in tables.items()}

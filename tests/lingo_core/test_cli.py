@@ -65,3 +65,38 @@ def test_train_main_end_to_end(tiny_model_dir, gue_root, tmp_path, capsys):
     assert len(json.loads((out / "test_predictions.json").read_text())["labels"]) == 16
     for name in ("rank_heatmap.png", "confusion_matrix.png", "adapter/lingo.json", "adapter/adapter_config.json"):
         assert (out / name).is_file(), name
+
+
+@pytest.mark.parametrize(
+    ("make_argv", "needle"),
+    [
+        (lambda root, tmp: ["--task", "no_such_task", "--data-root", str(root)], "unknown task 'no_such_task'"),
+        (lambda root, tmp: ["--task", "prom_core_tata", "--data-root", str(tmp / "absent")], "is not a folder"),
+        (lambda root, tmp: ["--task", "prom_core_tata", "--data-root", str(root), "--model", str(tmp / "no-model")],
+         "does not exist"),
+    ],
+    ids=["unknown_task", "missing_data_root", "missing_model"],
+)
+def test_bad_inputs_to_train_exit_2_and_write_nothing(make_argv, needle, gue_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        train_main([*make_argv(gue_root, tmp_path), "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err and "Traceback" not in err
+    assert not out.exists()  # the run folder is made only once the inputs are known to be good
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("lr: [1\n", "cfg.yaml:2: not valid YAML"),
+     ('lr: !!python/object/apply:os.system ["touch PWNED"]\n', "cfg.yaml:1: not valid YAML")],
+    ids=["broken_yaml", "python_tag"],
+)
+def test_bad_config_file_is_one_line_and_runs_nothing(text, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg.yaml").write_text(text)
+    with pytest.raises(SystemExit) as e:
+        parse_train_args(["--task", "prom_core_tata", "--config", str(tmp_path / "cfg.yaml")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err and "Traceback" not in err
+    assert not (tmp_path / "PWNED").exists()
