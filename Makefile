@@ -6,9 +6,10 @@
 run: setup
 	.venv/bin/lingo tune jobs/default.yaml
 
+# --durations=20: the 20 slowest tests close the log, so CI time can be traced to its tests
 test: setup
 	.venv/bin/ruff check lingo_core orchestrator tests benchmarks
-	.venv/bin/python -m pytest -p no:cacheprovider -ra --durations=20  # the slowest 20: where CI time goes
+	.venv/bin/python -m pytest -p no:cacheprovider -ra --durations=20
 
 setup:
 	bash scripts/setup.sh

@@ -42,9 +42,6 @@ case "${1:-}" in
     python3 -m pip install -q --no-index --no-deps --no-compile --target $ST/site .stage/b/whl/*.whl || exit 5
     python3 benchmarks/step_time.py --batch-size 32 --steps 20 --warmup 5 --rounds 3 --backends torch,deepspeed \
       --out "$OUT/step_time_gpu.json"
-    # ZeRO-2 without contiguous gradient buffers: fewer copies per parameter hook (ars has 1.5x lora's tensors)
-    python3 benchmarks/step_time.py --batch-size 32 --steps 30 --warmup 5 --backends deepspeed --methods ars,lora --references '' \
-      --ds-config '{"zero_optimization": {"contiguous_gradients": false}}' --out "$OUT/step_time_gpu_ds_nocontig.json"
     ;;
   select|proof)
     phase=$1; shift

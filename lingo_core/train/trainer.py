@@ -222,8 +222,8 @@ def train(
     if controller is not None:  # after prepare: the controller's state lives where the model now is
         controller.bind(backend.shard_access(controller.params))
 
-    eb = cfg.eval_batch
-    eval_loaders = {s: _loader(data[s], [list(range(i, min(i + eb, len(data[s])))) for i in range(0, len(data[s]), eb)],
+    size = cfg.eval_batch
+    eval_loaders = {s: _loader(data[s], [list(range(i, min(i + size, len(data[s])))) for i in range(0, len(data[s]), size)],
                                tok.collate, cfg)
                     for s in ("dev", "test")}
     step, best_step, best_mcc, best_state, best_dev = 0, 0, -math.inf, None, {}
