@@ -29,7 +29,8 @@ def tune_parser() -> argparse.ArgumentParser:
 def tune_main(argv: Sequence[str]) -> int:
     from orchestrator.jobspec import JobSpecError, load_job
 
-    args = tune_parser().parse_args(list(argv))
+    # intermixed: `JOB --dry-run train.epochs=2` is as natural as `JOB train.epochs=2 --dry-run`
+    args = tune_parser().parse_intermixed_args(list(argv))
     try:
         job = load_job(args.job, args.overrides)  # every spec problem surfaces here, before Ray starts
     except JobSpecError as e:

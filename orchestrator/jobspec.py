@@ -1,8 +1,9 @@
 """Job spec: one YAML file (plus ``key=value`` overrides) describing a whole tuning sweep.
 
-Every problem is reported before any trial starts, as ``JobSpecError("<file>: <key.path>: <problem>")``:
-unknown keys (with close matches), wrong types, unknown tasks or methods, impossible rank budgets and
-ARS schedules that cannot fit into the computable number of training steps.
+Every problem is reported before any trial starts, as ``JobSpecError("<file>[:line]: <key.path>: <problem>")``:
+a file that is not UTF-8 or YAML or repeats a key, unknown keys (with close matches), wrong types, unknown
+tasks or methods, impossible rank budgets and ARS schedules that cannot fit into the computable number of
+training steps.
 
 Layout (see ``jobs/default.yaml``): top-level identity (name, tasks, methods, seeds, model, data), ``train``
 (``TrainConfig`` defaults of every trial), ``search`` (per method: hyperparameter -> value or distribution),
@@ -19,13 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from orchestrator.specfields import FieldError, build, coerce, suggest
+from orchestrator.specfields import FieldError, build, coerce, load_yaml, suggest
 
 __all__ = [
     "JobSpec", "JobSpecError", "FieldError", "Dist", "BudgetSpec", "load_job", "parse_overrides",
-    "resolve_tasks",
+    "read_job_file", "resolve_tasks",
 ]
 
 SEARCH_ALL = "all"  # search key whose space applies to every method (a method's own entry wins)
@@ -152,6 +151,12 @@ class ResourcesSpec:
         if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
             # Ray only packs fractions below one GPU; 1.5 GPUs cannot be placed
             raise FieldError("gpus_per_worker", f"above 1 must be a whole number, got {self.gpus_per_worker}")
+        if self.workers_per_trial > 1 and 0 < self.gpus_per_worker < 1:
+            # Ray may pack two fractional workers of one trial onto one GPU, and NCCL refuses two ranks
+            # on the same device: the trial would fail at its first all-reduce, after the sweep started
+            raise FieldError("gpus_per_worker", f"{self.gpus_per_worker} with workers_per_trial="
+                             f"{self.workers_per_trial}: multi-worker trials need whole GPUs per worker "
+                             "(1 or more), or set workers_per_trial: 1 to pack trials by fractions")
 
 
 @dataclass
@@ -265,9 +270,6 @@ class JobSpec:
         return out
 
 
-# --------------------------------------------------------------------------------------- typed building
-
-
 # --------------------------------------------------------------------------------------- overrides
 
 
@@ -279,9 +281,10 @@ def parse_overrides(overrides: typing.Sequence[str]) -> list[tuple[str, Any]]:
         if not eq or not key.strip():
             raise JobSpecError("override", item, "expected key=value (e.g. train.epochs=2)")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as e:
-            raise JobSpecError(f"override {item!r}", key, f"value is not valid YAML: {e}") from None
+            value = load_yaml(text.encode(errors="surrogateescape")) if text.strip() else None  # as strict as the file itself
+        except FieldError as e:
+            where = f"{key.strip()}.{e.path}" if e.path else key.strip()
+            raise JobSpecError(f"override {item!r}", where, e.problem) from None
         parsed.append((key.strip(), value))
     return parsed
 
@@ -343,15 +346,24 @@ def _parse(raw: Any) -> JobSpec:
     return job
 
 
+def read_job_file(path: str | Path) -> Any:
+    """The file's YAML as plain data ({} when empty); JobSpecError("<file>[:line]: ...") when it cannot be
+    read, is not UTF-8, not YAML, or repeats a key."""
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise JobSpecError(source, "", f"cannot read: {e.strerror}; expected a job spec YAML file") from None
+    try:
+        return load_yaml(data) or {}
+    except FieldError as e:
+        raise JobSpecError(f"{source}:{e.line}" if e.line else source, e.path, e.problem) from None
+
+
 def load_job(path: str | Path, overrides: typing.Sequence[str] = ()) -> JobSpec:
     """Read, override, validate. Raises JobSpecError naming the file (or the override) and key path."""
     source = str(path)
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-        raise JobSpecError(source, "", f"cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise JobSpecError(source, "", f"not valid YAML: {e}") from None
+    raw = read_job_file(path)
     parsed = parse_overrides(overrides)
     if isinstance(raw, dict):
         for key, value in parsed:

@@ -225,6 +225,8 @@ def validate_job(job: JobSpec) -> None:
         job_key = f"train.{key}"
         coerce(value, _check_key(key, job_key, types), job_key)
     _train_config(base_train_dict(job), "train")
+    for i, seed in enumerate(job.seeds):  # the trainer owns what a seed may be; ask it, do not restate it
+        _train_config({**base_train_dict(job), "seed": seed}, f"seeds[{i}]")
     for space_name, space in job.search.items():
         for key, value in space.items():
             where = f"search.{space_name}.{key}"

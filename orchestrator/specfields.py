@@ -1,8 +1,12 @@
-"""Typed mappings -> dataclasses, with every error naming its key path.
+"""Spec files -> typed dataclasses, with every error naming its key path (and line, where known).
 
-The job spec is YAML, so values arrive as plain dicts/lists/scalars. ``build`` turns such a mapping
-into a (nested) dataclass using its type hints, rejecting unknown keys (with close matches) and wrong
-types; callers prefix ``FieldError.path`` with the file name to give one clear message.
+    bytes --load_yaml--> dicts/lists/scalars --build--> (nested) dataclass
+
+``load_yaml`` is strict where PyYAML is lenient: the text must be UTF-8, a key may not repeat in a
+mapping (PyYAML keeps the last silently, so a second ``train:`` block would discard the first), and
+tags stay the safe ones (``!!python/...`` is refused, never run). ``build`` uses a dataclass's type hints,
+rejecting unknown keys (with close matches) and wrong types. Callers prefix ``FieldError.path`` (and
+``line``) with the file name to give one clear message.
 """
 
 from __future__ import annotations
@@ -14,13 +18,17 @@ import types
 import typing
 from typing import Any, Union
 
-__all__ = ["FieldError", "build", "coerce", "describe", "suggest"]
+import yaml
+
+__all__ = ["FieldError", "build", "coerce", "describe", "load_yaml", "suggest"]
+
 
 class FieldError(ValueError):
-    """Raised while building: ``path`` is relative to the object being built; callers prefix it."""
+    """Raised while reading or building: ``path`` is relative to the object being built and ``line`` (1-based,
+    None when unknown) is where in the file the problem sits; callers prefix both with the file name."""
 
-    def __init__(self, path: str, problem: str):
-        self.path, self.problem = path, problem
+    def __init__(self, path: str, problem: str, line: int | None = None):
+        self.path, self.problem, self.line = path, problem, line
         super().__init__(f"{path}: {problem}" if path else problem)
 
 
@@ -116,3 +124,67 @@ def build(cls: type, raw: Any, path: str = "") -> Any:
         return cls(**kwargs)
     except FieldError as e:
         raise FieldError(sub(e.path), e.problem) from None
+
+
+# --------------------------------------------------------------------------------------- YAML text
+
+
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated within one mapping, at any depth."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_unique(node, "", set())
+        return super().construct_document(node)
+
+    def _check_unique(self, node: yaml.Node, path: str, seen: set[int]) -> None:
+        if id(node) in seen:  # an alias points back at a node already walked (recursive anchors too)
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_unique(item, f"{path}[{i}]", seen)
+        if not isinstance(node, yaml.MappingNode):
+            return
+        first_line: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: overriding merged keys is the point
+                self._check_unique(value_node, path, seen)
+                continue
+            # constructed, not raw text: `1` and `1.0` (or `yes` and `true`) are one key to the dict
+            key = self.construct_object(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            sub = f"{path}.{key}" if path else str(key)
+            line = key_node.start_mark.line + 1
+            if key is not None and key in first_line:
+                raise FieldError(sub, f"duplicate key (first at line {first_line[key]}); YAML would keep only "
+                                 "this one and silently drop the first: merge the two", line)
+            if key is not None:
+                first_line[key] = line
+            self._check_unique(value_node, sub, seen)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> tuple[str, int | None]:
+    """One line out of PyYAML's multi-line report: (problem, 1-based line or None)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
+        problem += f" ({context} at line {context_mark.line + 1})"
+    elif context:
+        problem += f" ({context})"
+    if "python/" in problem:
+        problem += "; spec files are plain YAML, python tags are refused"
+    return problem, (mark.line + 1 if mark is not None else None)
+
+
+def load_yaml(data: bytes) -> Any:
+    """UTF-8 YAML bytes -> plain data through ``StrictLoader``; every problem is one FieldError with its line."""
+    try:
+        text = data.decode("utf-8")  # explicit: the locale's encoding would differ from host to host
+    except UnicodeDecodeError as e:
+        raise FieldError("", f"not valid UTF-8 text (byte {e.start}: 0x{data[e.start]:02x}); save the file "
+                         "as UTF-8", data.count(b"\n", 0, e.start) + 1) from None
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # StrictLoader is a SafeLoader: no python tags
+    except yaml.YAMLError as e:
+        problem, line = _yaml_problem(e)
+        raise FieldError("", f"not valid YAML: {problem}", line) from None

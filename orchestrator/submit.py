@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from orchestrator.jobspec import JobSpecError, load_job, read_job_file
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # the dashboard of a local `ray start --head`
 # Never uploaded: the virtualenv and caches are machine-specific, runs/ holds results, .git is history.
@@ -58,24 +60,22 @@ def build_entrypoint(job_rel: str, overrides: Sequence[str]) -> str:
 
 def prepare(job_path: str | Path, overrides: Sequence[str], validate: bool = True,
             extra_env: dict[str, str] | None = None) -> tuple[str, dict]:
-    """(entrypoint, runtime_env) for a job file inside the repository."""
+    """(entrypoint, runtime_env) for a job file inside the repository; JobSpecError for any problem of the
+    file (outside the repository, unreadable, invalid), so the CLI reports them all alike."""
     path = Path(job_path).resolve()
     try:
         rel = path.relative_to(REPO_ROOT).as_posix()
     except ValueError:
-        raise SystemExit(f"{job_path}: the job file must lie inside the repository ({REPO_ROOT}), which is "
-                         "what gets uploaded; copy it into jobs/") from None
+        raise JobSpecError(str(job_path), "", f"the job file must lie inside the repository ({REPO_ROOT}), "
+                           "which is what gets uploaded; copy it into jobs/") from None
     uses_gpu = True
     if validate:
-        from orchestrator.jobspec import load_job
-
         job = load_job(path, list(overrides))  # JobSpecError names file + key path
         uses_gpu = job.resources.gpus_per_worker > 0
     else:
-        import yaml
-
-        raw = yaml.safe_load(path.read_text()) or {}
-        gpus = ((raw.get("resources") or {}).get("gpus_per_worker") or 0)
+        raw = read_job_file(job_path)  # unvalidated, but still readable YAML (one-line JobSpecError if not)
+        resources = raw.get("resources") if isinstance(raw, dict) else None
+        gpus = (resources.get("gpus_per_worker") if isinstance(resources, dict) else 0) or 0
         uses_gpu = any(o.startswith("resources.gpus_per_worker=") and o.split("=", 1)[1] not in ("0", "0.0")
                        for o in overrides) or bool(gpus)
     return build_entrypoint(rel, overrides), runtime_env(uses_gpu, extra_env)
@@ -148,13 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from orchestrator.jobspec import JobSpecError
-
+    # intermixed: overrides may follow flags (`JOB --wait train.epochs=2`), as in `lingo tune`
+    args = build_parser().parse_intermixed_args(argv)
     try:
         entrypoint, env = prepare(args.job, args.overrides, validate=not args.no_validate, extra_env=dict(args.env))
     except JobSpecError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"lingo submit: error: {e}", file=sys.stderr)
         return 2
     job_id = submit(args.address, entrypoint, env, args.submission_id, {"lingo_job": args.job})
     print(f"submitted {job_id} to {args.address}\n"

@@ -275,6 +275,22 @@ def write_report(report: Report, out: str | Path = DEFAULT_OUT) -> dict[str, Pat
     return paths
 
 
+REPORT_FILES = ("report.md", "report.json", "token_lengths.png")
+
+
+def check_out_dir(out: Path) -> None:
+    """ValueError unless ``out`` is, or can be made as, a writable folder: checked before the minutes of
+    work, not at the end. An existing folder is fine: its three report files are replaced (atomically)."""
+    what = f"expected a folder for {', '.join(REPORT_FILES)}"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder; {what}")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())  # "/" always exists
+    if not existing.is_dir():
+        raise ValueError(f"--out {out}: {existing} is a file, so the folder cannot be made; {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {existing} is not writable; {what}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lingo data report", description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -293,11 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_out_dir(args.out)
         report = build_report(args.root, args.tasks, args.model, args.sample, args.seed)
     except (DataError, UnknownTaskError, FileNotFoundError, ValueError) as exc:
         print(f"lingo data report: error: {exc}", file=sys.stderr)
         return 2
-    paths = write_report(report, args.out)
+    try:
+        paths = write_report(report, args.out)
+    except OSError as exc:  # e.g. a full disk; each file is written atomically, so none is left half-written
+        print(f"lingo data report: error: cannot write the report to {args.out}: {exc}", file=sys.stderr)
+        return 2
     print(f"BBPE: fixed-seed sample of up to {args.sample} sequences per task; one-hot: exact")
     print(format_table(report))
     print(f"\nwrote {paths['md']}, {paths['json']}, {paths['png']} ({report.meta['seconds']} s)")

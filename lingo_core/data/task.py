@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lingo_core.data.loading import DataError
+
 SOURCES = ("csv", "fasta")
 SPLITS = ("train", "dev", "test")
 
@@ -258,40 +260,74 @@ class TaskRegistry:
 _REQUIRED_KEYS = ("name", "path", "num_labels", "seq_len_bp")
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON `true` is no row count
+
+
+def _is_str_list(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _is_sizes(v: object) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and _is_int(n) and n >= 0 for k, n in v.items())
+
+
+# The JSON type of each key (value ranges stay with TaskSpec, which owns them): key -> (check, expected).
+_KEY_TYPES = {
+    "name": (lambda v: isinstance(v, str) and v != "", "a non-empty string such as 'EMP/H3'"),
+    "path": (lambda v: isinstance(v, str) and v != "", "a folder path relative to the data root (a string)"),
+    "num_labels": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "seq_len_bp": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "label_names": (lambda v: v is None or _is_str_list(v), "a list of strings, one per label"),
+    "description": (lambda v: v is None or isinstance(v, str), "a string"),
+    "metric": (lambda v: isinstance(v, str), "a string"),
+    "sizes": (lambda v: v is None or _is_sizes(v), 'a mapping of split -> row count, e.g. {"train": 100}'),
+    "source": (lambda v: isinstance(v, str), f"one of {SOURCES}"),
+}
+
+
 def _from_manifest(root: Path, manifest: Path) -> list[TaskSpec]:
     try:
-        entries = json.loads(manifest.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{manifest}: cannot read the task list ({exc}); expected a JSON list") from exc
+        data = manifest.read_bytes()
+        entries = json.loads(data.decode("utf-8"))
+    except OSError as exc:
+        raise DataError(f"{manifest}: cannot read the task list ({exc.strerror}); expected a JSON list") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{manifest}: not valid UTF-8 text (byte {exc.start}); expected a JSON list") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{manifest}:{exc.lineno}: not valid JSON ({exc.msg}); expected a JSON list") from exc
     if not isinstance(entries, list):
-        raise ValueError(
-            f"{manifest}: top level is {type(entries).__name__}; expected a list of task objects"
+        raise DataError(f"{manifest}: top level is {type(entries).__name__}; expected a list of task objects")
+    return [_manifest_entry(root, manifest, i, e) for i, e in enumerate(entries)]
+
+
+def _manifest_entry(root: Path, manifest: Path, i: int, e: object) -> TaskSpec:
+    """One tasks.json entry -> TaskSpec; every problem is a DataError naming the file, the task and the key."""
+    if not isinstance(e, dict):
+        raise DataError(f"{manifest}: entry {i}: expected a task object with keys {list(_REQUIRED_KEYS)}, got {e!r}")
+    who = f"task {e['name']!r}" if isinstance(e.get("name"), str) and e["name"] else f"entry {i}"
+    missing = [k for k in _REQUIRED_KEYS if k not in e]
+    if missing:
+        raise DataError(f"{manifest}: {who} lacks {missing}; every entry needs {list(_REQUIRED_KEYS)}")
+    for key, (ok, expected) in _KEY_TYPES.items():
+        if key in e and not ok(e[key]):
+            # the value as JSON, the way it is written in the file (null, not None)
+            raise DataError(f"{manifest}: {who}: key {key!r}: expected {expected}, got {json.dumps(e[key])}")
+    name, n, bp = e["name"], e["num_labels"], e["seq_len_bp"]
+    try:
+        return TaskSpec(
+            name=name,
+            path=root / e["path"],
+            num_labels=n,
+            label_names=tuple(e.get("label_names") or default_label_names(name, n)),
+            seq_len_bp=bp,
+            description=e.get("description") or default_description(name, bp),
+            metric=e.get("metric", "mcc"),
+            sizes=dict(e["sizes"]) if e.get("sizes") else None,
+            source=e.get("source", "csv"),
         )
-    tasks = []
-    for i, e in enumerate(entries):
-        missing = [k for k in _REQUIRED_KEYS if not isinstance(e, dict) or k not in e]
-        if missing:
-            raise ValueError(
-                f"{manifest}: entry {i} lacks {missing}; every entry needs {list(_REQUIRED_KEYS)}"
-            )
-        name, n, bp = str(e["name"]), int(e["num_labels"]), int(e["seq_len_bp"])
-        try:
-            tasks.append(
-                TaskSpec(
-                    name=name,
-                    path=root / e["path"],
-                    num_labels=n,
-                    label_names=tuple(e.get("label_names") or default_label_names(name, n)),
-                    seq_len_bp=bp,
-                    description=e.get("description") or default_description(name, bp),
-                    metric=e.get("metric", "mcc"),
-                    sizes={k: int(v) for k, v in e["sizes"].items()} if e.get("sizes") else None,
-                    source=e.get("source", "csv"),
-                )
-            )
-        except ValueError as exc:
-            raise ValueError(f"{manifest}: entry {i} ({name}): {exc}") from exc
-    return tasks
+    except ValueError as exc:  # TaskSpec's own message starts with "task '<name>'"
+        raise DataError(f"{manifest}: {exc}") from exc
 
 
 def _scan(root: Path) -> list[TaskSpec]:

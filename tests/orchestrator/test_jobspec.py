@@ -195,3 +195,71 @@ def test_plain_backend_needs_one_worker_per_trial(tmp_path):
     assert "deepspeed.enabled" in msg and "workers_per_trial" in msg
     job = load_job(write(tmp_path, merged(deepspeed={"enabled": False, "zero_stage": 3}, methods=["ars"])))
     assert job.deepspeed.enabled is False  # no ZeRO at all, so stage 3's limit on rank methods does not apply
+
+
+# ---- issue 10: user errors in the job file and the command line give one line and exit 2 --------------
+
+
+def tune_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    from orchestrator.cli import main
+
+    rc = main(["tune", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_invalid_utf8_job_file_is_one_line_exit_2(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"name: t\ntasks: [tf/0]\nmethods: [lora]\n# caf\xe9\n")  # Latin-1 e-acute at byte 43
+    rc, out, err = tune_cli([str(path), "--dry-run"], capsys)
+    assert rc == 2 and out == ""
+    assert err.strip() == f"lingo tune: error: {path}:4: not valid UTF-8 text (byte 43: 0xe9); save the file as UTF-8"
+
+
+def test_duplicate_key_names_line_and_key_at_every_level(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: t\ntasks: [tf/0]\nmethods: [lora]\ntrain:\n  epochs: 1\n  max_train_samples: 64\n"
+                    "train:\n  epochs: 3\n")
+    assert error_of(path).startswith(f"{path}:7: train: duplicate key (first at line 4)")
+    path.write_text("name: t\ntasks: [tf/0]\nmethods: [lora]\ntrain:\n  epochs: 1\n  epochs: 2\n")
+    assert error_of(path).startswith(f"{path}:6: train.epochs: duplicate key (first at line 5)")
+    path.write_text("name: t\ntasks: [tf/0]\nmethods: [lora]\nsearch: {lora: {lr: 1.0e-3, lr: 2.0e-3}}\n")
+    assert "search.lora.lr: duplicate key" in error_of(path)
+    # a merge key overriding what it merged is YAML's intent, not a duplicate
+    path.write_text("name: t\ntasks: [tf/0]\nmethods: [lora]\nbase: &b {epochs: 1, max_train_samples: 64}\n"
+                    "train: {<<: *b, epochs: 2}\n")
+    assert "base: unknown key" in error_of(path)  # got past the YAML reader
+
+
+def test_yaml_errors_and_python_tags_are_one_line(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: t\nx: !!python/object/apply:os.system ['echo hi']\n")
+    msg = error_of(path)
+    assert msg.startswith(f"{path}:2: not valid YAML: could not determine a constructor") and "python tags are refused" in msg
+    assert "\n" not in msg
+    path.write_text("name: t\ntasks: [a\n")
+    msg = error_of(path)
+    assert msg.startswith(f"{path}:3: not valid YAML:") and "flow sequence at line 2" in msg and "\n" not in msg
+    msg = error_of(write(tmp_path, BASE), ["train={epochs: 1, epochs: 2}"])  # overrides are read as strictly
+    assert "override 'train={epochs: 1, epochs: 2}': train.epochs: duplicate key" in msg and "\n" not in msg
+
+
+def test_negative_seed_rejected_as_the_trainer_would(tmp_path):
+    msg = error_of(write(tmp_path, merged(seeds=[0, -1], methods=["lora"])))
+    assert msg == f"{tmp_path / 'job.yaml'}: seeds[1]: TrainConfig.seed=-1: expected an int >= 0"
+
+
+def test_tune_overrides_before_or_after_flags(tmp_path, capsys):
+    path = str(write(tmp_path, BASE))
+    for argv in ([path, "--dry-run", "seeds=[7, 8]"], [path, "seeds=[7, 8]", "--dry-run"]):
+        rc, out, err = tune_cli(argv, capsys)
+        assert (rc, err) == (0, "")
+        assert "8 trial(s)" in out  # 2 tasks x 2 methods x the 2 overridden seeds
+
+
+def test_fractional_gpus_need_one_worker_per_trial(tmp_path):
+    msg = error_of(write(tmp_path, merged(resources={"workers_per_trial": 2, "gpus_per_worker": 0.5})))
+    assert "job.yaml: resources.gpus_per_worker: 0.5 with workers_per_trial=2" in msg
+    assert "whole GPUs per worker (1 or more)" in msg and "workers_per_trial: 1" in msg
+    assert load_job(write(tmp_path, merged(resources={"workers_per_trial": 1, "gpus_per_worker": 0.5})))
+    assert load_job(write(tmp_path, merged(resources={"workers_per_trial": 2, "gpus_per_worker": 1})))

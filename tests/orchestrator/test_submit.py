@@ -10,6 +10,7 @@ import socket
 
 import pytest
 
+from orchestrator.jobspec import JobSpecError
 from orchestrator.submit import CLI, REPO_ROOT, follow, main, prepare, submit
 
 
@@ -34,11 +35,28 @@ def test_invalid_job_is_rejected_before_submission(capsys):
     assert "train.epoch: unknown TrainConfig key" in capsys.readouterr().err
 
 
-def test_job_outside_repo_rejected(tmp_path):
+def test_job_outside_repo_rejected(tmp_path, capsys):
     job = tmp_path / "x.yaml"
     job.write_text("name: x\n")
-    with pytest.raises(SystemExit, match="inside the repository"):
+    with pytest.raises(JobSpecError, match="inside the repository"):
         prepare(job, [])
+    assert main([str(job), "--address", "http://127.0.0.1:9"]) == 2  # a user error: 2, like the others
+    err = capsys.readouterr().err
+    assert err == f"lingo submit: error: {job}: the job file must lie inside the repository ({REPO_ROOT}), " \
+        "which is what gets uploaded; copy it into jobs/\n"
+
+
+def test_missing_job_file_without_validation_is_one_line(capsys):
+    assert main(["jobs/no_such_job.yaml", "--no-validate", "--address", "http://127.0.0.1:9"]) == 2
+    assert capsys.readouterr().err == (
+        "lingo submit: error: jobs/no_such_job.yaml: cannot read: No such file or directory; "
+        "expected a job spec YAML file\n")
+
+
+def test_overrides_may_follow_flags(capsys):
+    # parsed (then rejected by validation) rather than refused by argparse as an unknown argument
+    assert main(["jobs/default.yaml", "--address", "http://127.0.0.1:9", "train.epoch=2"]) == 2
+    assert "override 'train.epoch=2'" in capsys.readouterr().err
 
 
 def _free_port() -> int:

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pytest
 
 from lingo_core.data import (
+    DataError,
     DataOverlapWarning,
     TaskRegistry,
     TaskSpec,
@@ -161,7 +162,42 @@ def test_from_root_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tasks under"):
         TaskRegistry.from_root(tmp_path)
     (tmp_path / "tasks.json").write_text('[{"name": "x", "path": "x", "num_labels": 1, "seq_len_bp": 5}]')
-    with pytest.raises(ValueError, match=r"tasks.json: entry 0 \(x\).*at least 2"):
+    with pytest.raises(DataError, match=r"tasks.json: task 'x': num_labels=1; .*at least 2"):
+        TaskRegistry.from_root(tmp_path)
+
+
+ENTRY = {"name": "a", "path": "a", "num_labels": 2, "seq_len_bp": 70}
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("num_labels", None, "key 'num_labels': expected a positive integer, got null"),
+    ("num_labels", "two", "key 'num_labels': expected a positive integer, got \"two\""),
+    ("num_labels", True, "key 'num_labels': expected a positive integer, got true"),
+    ("sizes", [1, 2], "key 'sizes': expected a mapping of split -> row count"),
+    ("sizes", {"train": -3}, "key 'sizes': expected a mapping of split -> row count"),
+    ("path", 7, "key 'path': expected a folder path relative to the data root (a string), got 7"),
+    ("label_names", "ab", "key 'label_names': expected a list of strings"),
+])
+def test_manifest_wrong_types_name_file_task_and_key(tmp_path, key, value, expected):
+    (tmp_path / "tasks.json").write_text(json.dumps([ENTRY, {**ENTRY, "name": "b", key: value}]))
+    with pytest.raises(DataError) as info:
+        TaskRegistry.from_root(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / 'tasks.json'}: task 'b': {expected}")
+
+
+def test_manifest_shape_errors_name_file_and_entry(tmp_path):
+    manifest = tmp_path / "tasks.json"
+    manifest.write_text(json.dumps([ENTRY, {**ENTRY, "name": 5}]))
+    with pytest.raises(DataError, match=r"tasks.json: entry 1: key 'name': expected a non-empty string"):
+        TaskRegistry.from_root(tmp_path)
+    manifest.write_text(json.dumps([ENTRY, "b"]))
+    with pytest.raises(DataError, match=r"tasks.json: entry 1: expected a task object"):
+        TaskRegistry.from_root(tmp_path)
+    manifest.write_text('[{"name": "a",\n "path": "a" "num_labels": 2}]')
+    with pytest.raises(DataError, match=r"tasks.json:2: not valid JSON"):
+        TaskRegistry.from_root(tmp_path)
+    manifest.write_bytes(b'[{"name": "caf\xe9"}]')
+    with pytest.raises(DataError, match=r"tasks.json: not valid UTF-8 text \(byte 14\)"):
         TaskRegistry.from_root(tmp_path)
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from lingo_core.data import report as report_module
 from lingo_core.data.report import build_report, format_table, main, write_report
 
 SUBSET = ["prom_core_tata", "tf/0", "splice/*"]
@@ -74,3 +75,37 @@ def test_main_unknown_task_is_a_clean_error(gue_root, tmp_path, capsys):
     assert rc == 2
     assert "pattern 'EMQ/*' matches no task" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.fixture()
+def no_work(monkeypatch):
+    """Fails the test if the report starts computing: the checks must come before the minutes of work."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("build_report ran before the --out check")
+
+    monkeypatch.setattr(report_module, "build_report", refuse)
+
+
+@pytest.mark.parametrize("below", ["", "sub/dir"])
+def test_out_that_is_a_file_fails_before_any_work(gue_root, tmp_path, capsys, no_work, below):
+    existing = tmp_path / "report.txt"
+    existing.write_text("keep me")
+    out = existing / below if below else existing
+    rc = main(["--root", str(gue_root), "--out", str(out), "--tasks", "tf/0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    expected = "is a file, not a folder" if not below else f"{existing} is a file, so the folder cannot be made"
+    assert err.startswith(f"lingo data report: error: --out {out}: {expected}; expected a folder for report.md")
+    assert existing.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.txt"]
+
+
+def test_bad_tasks_json_is_one_line_naming_file_task_and_key(tmp_path, capsys):
+    root, out = tmp_path / "root", tmp_path / "out"
+    (root / "a").mkdir(parents=True)
+    (root / "tasks.json").write_text(json.dumps([{"name": "a", "path": "a", "num_labels": "two", "seq_len_bp": 70}]))
+    rc = main(["--root", str(root), "--out", str(out)])
+    assert rc == 2
+    assert capsys.readouterr().err == (f"lingo data report: error: {root / 'tasks.json'}: task 'a': key 'num_labels': "
+                                       'expected a positive integer, got "two"\n')
+    assert not out.exists()
