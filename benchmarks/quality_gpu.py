@@ -36,7 +36,8 @@ from orchestrator.jobspec import load_job  # noqa: E402
 from orchestrator.sweep import STATE_FILE, run_sweep  # noqa: E402
 
 JOBS = {"select": REPO / "jobs" / "lr_select_gpu.yaml", "proof": REPO / "jobs" / "quality_gpu.yaml"}
-KEY = ("task", "method", "seed", "lr", "sampling")
+KEYS = {"select": ("task", "method", "seed", "lr", "sampling", "total_steps"),  # a row per grid point and rung
+        "proof": ("task", "method", "seed")}  # a re-run trial (e.g. at a newly selected lr) replaces its row
 # DNABERT-2's published test MCC (x100) on the 9 proof tasks, cited from its paper (Zhou et al. 2024,
 # Table 2): not measured here.
 DNABERT2_MCC = {"prom_core_all": 69.37, "prom_core_notata": 68.04, "prom_core_tata": 74.17,
@@ -69,9 +70,18 @@ def sweep_rows(tracking_uri: str, experiment_id: str, parent_run_id: str) -> lis
 
 def choose_lr(rows: list[dict]) -> dict[str, dict]:
     """Per method: the (lr, sampling) with the highest mean dev MCC over the selection tasks (dev only),
-    as job-spec keys: {"ars": {"lr": 0.001, "adapter.sampling": "importance"}, "lora": {"lr": ...}}."""
+    as job-spec keys: {"ars": {"lr": 0.001, "adapter.sampling": "importance"}, "lora": {"lr": ...}}.
+
+    Successive halving: a method's longest screen (most optimizer steps) decides; shorter screens over
+    the whole grid only chose which learning rates reached it. A short screen favours large learning
+    rates, which can overshoot at the proof's budget."""
+    longest: dict[str, int] = {}
+    for r in rows:
+        longest[r["method"]] = max(longest.get(r["method"], 0), int(r.get("total_steps") or 0))
     by: dict[tuple, list[float]] = {}
     for r in rows:
+        if int(r.get("total_steps") or 0) != longest[r["method"]]:
+            continue
         if r["dev_mcc"] is not None and math.isfinite(r["dev_mcc"]):
             by.setdefault((r["method"], r["lr"], r.get("sampling")), []).append(r["dev_mcc"])
     best: dict[str, tuple[tuple, float]] = {}
@@ -85,13 +95,13 @@ def choose_lr(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def merge(path: Path, rows: list[dict], extra: dict) -> dict:
+def merge(path: Path, rows: list[dict], extra: dict, key: tuple[str, ...]) -> dict:
     """Rows of `path` (if any) with `rows` replacing equal keys; written to a temp name, then renamed."""
     report = json.loads(path.read_text()) if path.is_file() else {"rows": []}
-    keyed = {tuple(r.get(k) for k in KEY): r for r in report["rows"]}
-    keyed.update({tuple(r.get(k) for k in KEY): r for r in rows})
+    keyed = {tuple(r.get(k) for k in key): r for r in report["rows"]}
+    keyed.update({tuple(r.get(k) for k in key): r for r in rows})
     report.update(extra)
-    report["rows"] = sorted(keyed.values(), key=lambda r: tuple(str(r.get(k)) for k in KEY))
+    report["rows"] = sorted(keyed.values(), key=lambda r: tuple(str(r.get(k)) for k in key))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=1))
@@ -164,13 +174,14 @@ def _finish(phase: str, out: Path, rows: list[dict], argv: list[str], chosen: di
     extra = {"device": _device(), "commit": git_commit(), "job": str(JOBS[phase].relative_to(REPO)),
              "date": utc_now(),
              "command": " ".join(["python", "benchmarks/quality_gpu.py", *argv])}
-    report = merge(out, rows, extra)
+    rows = [{**r, "commit": extra["commit"]} for r in rows]  # rows of earlier calls keep their own commit
+    report = merge(out, rows, extra, KEYS[phase])
     if phase == "select":
-        report = merge(out, [], {"chosen_lr": choose_lr(report["rows"])})
+        report = merge(out, [], {"chosen_lr": choose_lr(report["rows"])}, KEYS[phase])
         print("chosen lr (mean dev MCC over the selection tasks):", report["chosen_lr"])
     else:
         if chosen:
-            report = merge(out, [], {"lr_from_selection": chosen})
+            report = merge(out, [], {"lr_from_selection": chosen}, KEYS[phase])
         print(table(report))
     print(f"{len(rows)} finished trial(s) this sweep; {len(report['rows'])} rows in {out}")
     return 0

@@ -138,7 +138,7 @@ def _rank_model(base: PreTrainedModel, settings: AdapterSettings, targets: list[
         exploration=settings.exploration if settings.method == "ars" else 0.0,
         sampling=settings.sampling,
     )
-    controller = RankController(layers, schedule, seed=seed, beta1=settings.beta1, beta2=settings.beta2,
+    controller = RankController(model, layers, schedule, seed=seed, beta1=settings.beta1, beta2=settings.beta2,
                                 orth_reg_weight=settings.orth_reg_weight)
     return model, controller
 

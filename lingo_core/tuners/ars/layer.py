@@ -10,6 +10,15 @@
           stored (P, Λ, Q), so a triplet that comes back resumes from the values it had, and a masked
           triplet's parameters get exactly zero task gradient.
 
+One trainable Λ for the whole model (`pool_singular_values`): the n = sum of ranks singular values live
+in a single (n, 1) parameter; every layer's lora_E stays, frozen, as a view of its slice (so PEFT's save,
+merge and plain forward read the trained values without a copy). Why: DeepSpeed ZeRO-2 pays a fixed
+host cost per trainable tensor (a gradient hook and bookkeeping). In step_time_gpu.json at 573ab11 it
+added 139 ms to lora's step (421 tensors) and 191 ms to ars's (631: P, Λ, Q per module), about 0.3 ms a
+tensor, which put ars at 1.25x lora under ZeRO-2. Pooled, ars trains as many tensors as lora (+1). The
+controller multiplies Λ by the gate once per forward pass and hands each layer its (r, 1) slice
+(`rank_lambda`): one kernel where each layer had one.
+
 Why a subclass of PEFT's layer: the saved adapter must stay a plain AdaLoRA adapter (`save_pretrained`
 writes it, `PeftModel.from_pretrained` loads it and, with the final rank pattern, computes exactly
 y = W x + P diag(Λ) Q x * scale over the kept triplets). PEFT's AdaLoRA offers no hook for a custom
@@ -36,6 +45,10 @@ from torch import nn
 class GatedSVDLinear(SVDLinear):
     """SVDLinear whose triplets are switched by `rank_gate` (set by the RankController)."""
 
+    rank_lambda: torch.Tensor | None = None
+    """(r, 1) slice of Λ ⊙ g for the model forward pass in progress, set and cleared by the RankController's
+    hooks. None (the layer called on its own): the same values from lora_E and the gate, without Λ's
+    gradient (Λ trains through the pooled parameter only)."""
     rank_gate: torch.Tensor | None = None
     """(r, 1) view into the controller's flat gate; None: every triplet active at `rank_scale`."""
     rank_scale: float = 1.0
@@ -46,10 +59,42 @@ class GatedSVDLinear(SVDLinear):
         if self.disable_adapters or self.merged or name not in self.lora_A:
             return super().forward(x, *args, **kwargs)  # PEFT's own paths (merged, disabled, several adapters)
         result = self.base_layer(x, *args, **kwargs)
-        lora_a, lora_b, lora_e = self.lora_A[name], self.lora_B[name], self.lora_E[name]
-        gate = self.rank_gate if self.rank_gate is not None else self.rank_scale
-        hidden = F.linear(self.lora_dropout[name](self._cast_input_dtype(x, lora_a.dtype)), lora_a * (lora_e * gate))
+        lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+        lam = self.rank_lambda
+        if lam is None:
+            lam = self.lora_E[name] * (self.rank_gate if self.rank_gate is not None else self.rank_scale)
+        hidden = F.linear(self.lora_dropout[name](self._cast_input_dtype(x, lora_a.dtype)), lora_a * lam)
         return result + F.linear(hidden, lora_b).to(result.dtype)
+
+
+SINGULAR_VALUES = "ars_singular_values"
+"""Name of the pooled Λ parameter on the wrapped transformers model (no "lora_" in it: PEFT's adapter
+file keeps only lora_* tensors, and lora_E carries the same values)."""
+
+
+def pool_singular_values(model: nn.Module, layers: list[tuple[str, GatedSVDLinear]],
+                         adapter_name: str = "default") -> nn.Parameter:
+    """Move the layers' Λ into one trainable (n, 1) parameter registered on `model`; every lora_E becomes a
+    frozen view of its slice (`tie_singular_values`). Returns the parameter."""
+    inner = model.base_model.model if hasattr(model, "base_model") else model
+    lambdas = [layer.lora_E[adapter_name] for _, layer in layers]
+    pooled = nn.Parameter(torch.cat([e.detach() for e in lambdas]).clone())
+    inner.register_parameter(SINGULAR_VALUES, pooled)
+    for e in lambdas:
+        e.requires_grad_(False)
+    tie_singular_values(pooled, [layer for _, layer in layers], adapter_name)
+    return pooled
+
+
+def tie_singular_values(pooled: torch.Tensor, layers: list[GatedSVDLinear], adapter_name: str = "default") -> None:
+    """Point each layer's lora_E at its slice of `pooled`. Call again after the model moves: `.to()` copies
+    tensors one by one, which leaves two copies."""
+    offset = 0
+    for layer in layers:
+        e = layer.lora_E[adapter_name]
+        r = e.shape[0]
+        e.data = pooled.data[offset : offset + r]
+        offset += r
 
 
 def gate_svd_layers(model: nn.Module, adapter_name: str = "default", init: str = "lora") -> list[tuple[str, GatedSVDLinear]]:

@@ -6,7 +6,8 @@ after the last backward and before the optimizer step, then `allocate(step)` aft
 `regularization()` to each micro-batch's loss. Phases and formulas: `ars/schedule.py`.
 
 State is flat and lives on the training device: the importance EMAs (importance.py), the kept set,
-the exploration decisions in force and the gate the layers read (layer.py). An allocation is one
+the exploration decisions in force, the gate, and Λ itself (one pooled parameter, layer.py): before
+every forward pass one multiply gives Λ ⊙ g, split into the (r, 1) slices the layers read. An allocation is one
 scatter-add, one sort and a few element-wise kernels, with no read-back to the host; once the final
 pattern is chosen the controller does nothing at all.
 
@@ -20,7 +21,12 @@ import torch
 from torch import nn
 
 from lingo_core.tuners.ars.importance import FactorSlot, TripletImportance
-from lingo_core.tuners.ars.layer import GatedSVDLinear, OrthogonalityPenalty
+from lingo_core.tuners.ars.layer import (
+    GatedSVDLinear,
+    OrthogonalityPenalty,
+    pool_singular_values,
+    tie_singular_values,
+)
 from lingo_core.tuners.ars.sampler import TripletSampler, select_top
 from lingo_core.tuners.ars.schedule import RankSchedule
 from lingo_core.tuners.ars.shards import ShardAccess, WholeParams
@@ -33,6 +39,7 @@ class RankController:
 
     def __init__(
         self,
+        model: nn.Module,
         layers: list[tuple[str, GatedSVDLinear]],
         schedule: RankSchedule,
         *,
@@ -54,13 +61,19 @@ class RankController:
         self.n = sum(self.ranks_init)
         if self.n != schedule.init_budget:
             raise ValueError(f"RankSchedule.init_budget {schedule.init_budget} != {self.n} triplets in the model")
+        self.singular_values = pool_singular_values(model, layers, adapter_name)
+        """Λ of every triplet, (n, 1), module order: the one trainable copy (each lora_E views its slice)."""
         self.params: list[nn.Parameter] = []
         self.slots: list[FactorSlot] = []
         for layer, offset in zip(self.layers, self.offsets, strict=True):
-            for kind, attr in (("A", "lora_A"), ("B", "lora_B"), ("E", "lora_E")):
+            for kind, attr in (("A", "lora_A"), ("B", "lora_B")):
                 p = getattr(layer, attr)[adapter_name]
                 self.params.append(p)
                 self.slots.append(FactorSlot(kind, offset, tuple(p.shape)))
+        self.params.append(self.singular_values)
+        self.slots.append(FactorSlot("E", 0, tuple(self.singular_values.shape)))
+        model.register_forward_pre_hook(self._scale_singular_values)
+        model.register_forward_hook(self._release_singular_values)
         self.sampler = TripletSampler(schedule.exploration, schedule.sampling, seed)
         self.step = 0
         self.final = False
@@ -70,8 +83,9 @@ class RankController:
     def bind(self, access: ShardAccess | None = None) -> None:
         """Build the flat state on the device the model now lives on; `access` reads values and gradients
         (default: whole parameters and their .grad, a single process)."""
-        e = self.params[2]
+        e = self.singular_values
         device, dtype = e.device, e.dtype
+        tie_singular_values(e, self.layers, self.adapter_name)  # the model has moved since construction
         self.access = access if access is not None else WholeParams(self.params)
         self.importance = TripletImportance(self.slots, self.access, self.n, self.beta1, self.beta2, device)
         self.scale = torch.tensor([layer.rank_scale for layer in self.layers], dtype=torch.float32).repeat_interleave(
@@ -92,6 +106,19 @@ class RankController:
     def _ensure_bound(self) -> None:
         if not self._bound:
             self.bind()
+
+    def _scale_singular_values(self, module: nn.Module, args: tuple) -> None:
+        """Pre-forward hook: Λ ⊙ g for every layer in one multiply; each layer reads its (r, 1) slice."""
+        self._ensure_bound()
+        scaled = self.singular_values * self.gate.view(-1, 1)
+        for layer, part in zip(self.layers, scaled.split(self.ranks_init), strict=True):
+            layer.rank_lambda = part
+
+    def _release_singular_values(self, module: nn.Module, args: tuple, output: object) -> None:
+        """Forward hook: drop the slices (the graph keeps what backward needs; modules hold no graph tensors,
+        so the model still deep-copies and pickles)."""
+        for layer in self.layers:
+            layer.rank_lambda = None
 
     # -- the step --------------------------------------------------------------------------------------
     def capture_grads(self) -> None:

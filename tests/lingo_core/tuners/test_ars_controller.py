@@ -13,6 +13,7 @@ from tuner_helpers import adam, batch, build, loss_of, train_steps
 
 from lingo_core.tuners import METHODS, AdapterSettings, build_model, trainable_summary
 from lingo_core.tuners.ars import select_top
+from lingo_core.tuners.ars.layer import SINGULAR_VALUES
 
 
 def _gates(controller) -> torch.Tensor:
@@ -29,11 +30,21 @@ def _triplet_values(controller) -> list[torch.Tensor]:
 
 
 def _triplet_grads(controller) -> list[torch.Tensor]:
+    """Per triplet, the gradients of its (q_i row, p_i column, λ_i); Λ's live in the pooled parameter."""
     out = []
-    for layer in controller.layers:
-        a, b, e = layer.lora_A["default"], layer.lora_B["default"], layer.lora_E["default"]
-        out += [torch.cat([a.grad[i], b.grad[:, i], e.grad[i]]).clone() for i in range(e.shape[0])]
+    e_grads = controller.singular_values.grad.split(controller.ranks_init)
+    for layer, e_grad in zip(controller.layers, e_grads, strict=True):
+        a, b = layer.lora_A["default"], layer.lora_B["default"]
+        out += [torch.cat([a.grad[i], b.grad[:, i], e_grad[i]]).clone() for i in range(e_grad.shape[0])]
     return out
+
+
+def _lend_lambda_grads(controller) -> None:
+    """PEFT's RankAllocator reads Λ's gradient from each lora_E; Λ trains pooled here (layer.py), so hand
+    every lora_E its slice of the pooled gradient: the reference sees exactly the gradients we use."""
+    e_grads = controller.singular_values.grad.split(controller.ranks_init)
+    for layer, e_grad in zip(controller.layers, e_grads, strict=True):
+        layer.lora_E["default"].grad = e_grad
 
 
 @pytest.mark.parametrize(
@@ -144,6 +155,7 @@ def test_importance_equals_peft_on_the_same_steps(make_base):
     def compare(step: int) -> None:
         if step >= controller.schedule.final_step:
             return
+        _lend_lambda_grads(controller)
         RankAllocator.update_ipt(peft_alloc, model.base_model.model)
         theirs = []
         for key in peft_alloc.name_set:
@@ -193,6 +205,7 @@ def test_adalora_keeps_exactly_what_peft_keeps(make_base):
     compared = []
 
     def compare(step: int) -> None:
+        _lend_lambda_grads(controller)
         RankAllocator.update_ipt(peft_alloc, model.base_model.model)  # PEFT's order: after the step
         if not controller.schedule.tinit < step < controller.schedule.final_step:
             return
@@ -272,7 +285,7 @@ def test_frozen_phase_reads_nothing(make_base):
 
 
 def _adapter_or_head(name: str) -> bool:
-    return any(key in name for key in ("lora_", "prompt_encoder", "modules_to_save"))
+    return any(key in name for key in ("lora_", SINGULAR_VALUES, "prompt_encoder", "modules_to_save"))
 
 
 @pytest.mark.parametrize("kind", ["llama", "opt"])
