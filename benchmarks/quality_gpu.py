@@ -51,14 +51,21 @@ def _device() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
-def sweep_rows(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list[dict]:
-    """One row per finished trial of a sweep, read back from its MLflow store."""
+def sweep_rows(tracking_uri: str, experiment_id: str, parent_run_id: str, dev_only: bool = False) -> list[dict]:
+    """One row per finished trial of a sweep, read back from its MLflow store. `dev_only` (selection): a
+    trial cut off after its last dev evaluation (e.g. by the call's time limit, during the test pass)
+    counts too, with its best dev MCC from the metric history and no test MCC."""
     c = tracking.client(tracking_uri)
     rows = []
     for run in tracking.child_runs(c, experiment_id, parent_run_id):
+        m, p, t = dict(run.data.metrics), run.data.params, run.data.tags
         if run.info.status != "FINISHED":
-            continue
-        m, p, t = run.data.metrics, run.data.params, run.data.tags
+            history = c.get_metric_history(run.info.run_id, "dev_mcc") if dev_only else []
+            budget = p.get("train.max_steps", "")
+            if not history or not budget.isdigit() or max(h.step for h in history) < int(budget):
+                continue  # not finished, or stopped before its last dev evaluation (or no step budget to tell)
+            best = max(history, key=lambda h: (h.value, -h.step))
+            m.update(best_dev_mcc=best.value, best_step=best.step, total_steps=max(h.step for h in history))
         rows.append({"task": t.get("task"), "method": t.get("method"), "seed": int(t.get("seed")),
                      "lr": float(p["train.lr"]),
                      "sampling": p.get("train.adapter.sampling") if t.get("method") == "ars" else None,
@@ -153,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         state = json.loads((sweep / STATE_FILE).read_text())
         name = json.loads((sweep / "job.json").read_text())["name"]
         phase = "select" if name == load_job(JOBS["select"]).name else "proof"
-        rows = sweep_rows(state["tracking_uri"], state["experiment_id"], state["parent_run_id"])
+        rows = sweep_rows(state["tracking_uri"], state["experiment_id"], state["parent_run_id"],
+                          dev_only=phase == "select")
         return _finish(phase, out or REPO / "benchmarks" / "results" / f"{sweep.name}.json", rows, argv, {})
 
     overrides = list(args.overrides)
@@ -165,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"output_dir={args.output_dir}")
     job = load_job(JOBS[args.phase], overrides)
     result = run_sweep(job)
-    rows = sweep_rows(result.tracking_uri, result.experiment_id, result.parent_run_id)
+    rows = sweep_rows(result.tracking_uri, result.experiment_id, result.parent_run_id,
+                      dev_only=args.phase == "select")
     code = _finish(args.phase, out or REPO / "benchmarks" / "results" / f"{job.name}.json", rows, argv, chosen)
     return code if result.errors == 0 else 1
 

@@ -25,11 +25,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONTROLLER = "lingo_core/tuners/ars/model.py"
 SAMPLER = "lingo_core/tuners/ars/sampler.py"
+LAYER = "lingo_core/tuners/ars/layer.py"
 WORKER = "orchestrator/worker.py"
 T_CONTROLLER = "tests/lingo_core/tuners/test_ars_controller.py"
 T_SAMPLER = "tests/lingo_core/tuners/test_ars_sampler.py"
 T_TRAINER = "tests/lingo_core/train/test_trainer.py"
 T_WORKER = "tests/orchestrator/test_worker.py"
+T_SAVE = "tests/lingo_core/tuners/test_tuners_save.py"
+T_LAYER = "tests/lingo_core/tuners/test_ars_layer.py"
+T_ARTIFACTS = "tests/lingo_core/test_artifacts.py"
 
 
 @dataclass(frozen=True)
@@ -47,10 +51,24 @@ MUTATIONS = [
              CONTROLLER,
              "        torch.mul(active, self.scale, out=self.gate)  # cast",
              "        with torch.no_grad():\n"
-             "            for p, s in zip(self.params[2::3], self.slots[2::3], strict=True):\n"
-             "                p[~active[s.offset : s.offset + p.shape[0]]] = 0.0\n"
+             "            self.singular_values[~active] = 0.0\n"
              "        torch.mul(active, self.scale, out=self.gate)  # cast",
              (T_CONTROLLER,)),
+    Mutation("lambda_without_gradient", "the pooled Λ reaches the layers detached: singular values never train",
+             CONTROLLER,
+             "        scaled = self.singular_values * self.gate.view(-1, 1)",
+             "        scaled = self.singular_values.detach() * self.gate.view(-1, 1)",
+             (T_CONTROLLER,)),
+    Mutation("lora_e_stale", "each lora_E holds its own copy of Λ: the saved adapter misses the trained values",
+             LAYER,
+             "        e.data = pooled.data[offset : offset + r]",
+             "        e.data = pooled.data[offset : offset + r].clone()",
+             (T_SAVE, T_ARTIFACTS)),
+    Mutation("lora_e_untied_after_move", "bind does not point lora_E back at the pooled Λ after the model moved",
+             CONTROLLER,
+             "        tie_singular_values(e, self.layers, self.adapter_name)  # the model has moved since construction",
+             "        pass",
+             (T_LAYER,)),
     Mutation("regrow_inert", "reintroduced triplets are counted but stay switched off in the forward pass",
              CONTROLLER,
              "        active = (self.kept & ~self.dropped) | self.reintroduced\n        torch.mul",

@@ -99,3 +99,26 @@ def test_orthogonality_penalty_is_peft_value(make_base, kind):
     # Inactive triplets are left out: masking every triplet of the model leaves nothing to penalise.
     controller.active_f.zero_()
     assert float(controller.regularization()) == 0.0
+
+
+def test_pooled_lambda_stays_the_lora_e_that_peft_saves(make_base):
+    """Catches: lora_E left as a stale copy of the pooled Λ once the model has moved (`.to()` copies every
+    tensor on its own; bind must point lora_E back at the pooled slices), so PEFT would save untrained Λ.
+
+    A dtype move stands in for the move to the GPU (or DeepSpeed's flat buffers)."""
+    from lingo_core.tuners.ars.layer import SINGULAR_VALUES
+
+    model, controller = build(make_base, lora_dropout=0.0)
+    model.to(torch.float64)
+    controller.bind()
+    inputs = batch(model, torch.Generator().manual_seed(1))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(2):  # step 1 moves P off zero; step 2 gives Λ a gradient
+        torch.nn.functional.cross_entropy(_logits(model, inputs), inputs["labels"]).backward()
+        opt.step()
+        opt.zero_grad()
+    pooled = dict(model.named_parameters())[f"base_model.model.{SINGULAR_VALUES}"]
+    assert pooled is controller.singular_values and not torch.equal(pooled, torch.ones_like(pooled))  # Λ trained
+    e_values = torch.cat([layer.lora_E["default"] for layer in controller.layers])
+    assert torch.equal(e_values, pooled.detach())
+    assert all(not layer.lora_E["default"].requires_grad for layer in controller.layers)  # one trainable copy
