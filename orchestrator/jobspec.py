@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lingo_core.selection import SELECTION
 from orchestrator.specfields import FieldError, build, coerce, load_yaml, suggest
 
 __all__ = [
@@ -115,8 +116,8 @@ class BudgetSpec:
 class SchedulerSpec:
     type: str = "asha"
     """"asha" stops weak trials early on the dev metric; "fifo" runs every trial to the end."""
-    metric: str = "dev_mcc"  # MCC is the GUE primary metric; trials report it at every evaluation
-    mode: str = "max"  # MCC: higher is better
+    metric: str = SELECTION.dev_key  # fixed: the trainer's best step, the summary and the champion use it too
+    mode: str = SELECTION.mode  # fixed like metric: another value is refused rather than half-applied
     grace_period: int = 1  # evaluations a trial always gets; 1 keeps short CPU sweeps meaningful
     reduction_factor: int = 2  # halve the field per rung: gentle for few trials per cell
     max_t: int = 100  # ASHA's top rung, in evaluations (Ray's own default); trials end earlier anyway
@@ -124,8 +125,11 @@ class SchedulerSpec:
     def __post_init__(self) -> None:
         if self.type not in ("asha", "fifo"):
             raise FieldError("type", f"expected 'asha' or 'fifo', got {self.type!r}")
-        if self.mode not in ("max", "min"):
-            raise FieldError("mode", f"expected 'max' or 'min', got {self.mode!r}")
+        # Tune alone could follow another metric; the checkpoint, summary and registry could not
+        for name, rule in (("metric", SELECTION.dev_key), ("mode", SELECTION.mode)):
+            if getattr(self, name) != rule:
+                raise FieldError(name, f"expected {rule!r}, got {getattr(self, name)!r}: trials, checkpoints "
+                                 f"and champions are all selected by {SELECTION.dev_key} ({SELECTION.mode})")
         for name in ("grace_period", "max_t"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
@@ -183,6 +187,9 @@ class MlflowSpec:
     tracking_uri: str | None = None  # None -> sqlite:///<output_dir>/mlflow.db: no server needed
     experiment: str | None = None  # None -> the job name, so sweeps of one job share an experiment
     register: bool = True  # register each task's best adapter as lingo-<task> (+ champion alias)
+    allow_chance_champion: bool = False
+    """A version whose dev MCC is <= 0 (no better than chance: e.g. it predicts one class) is registered
+    but never made `champion`; true lets it take the alias (still only if it beats the incumbent)."""
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """Sweep summary: the task x method table of test MCC, mean ± std over seeds.
 
-Per (task, method, seed) the trial with the best dev MCC is kept (dev selects, as within a trial; test is
-never used for selection), then its test MCC is averaged over seeds. Pure functions of a list of result
-dicts (``task``, ``method``, ``seed``, ``dev_mcc``, ``test_mcc``, anything else is ignored); the files are
-written to a temp name and renamed, so a crash never leaves a half-written summary.
+Per (task, method, seed) the trial best under ``SELECTION`` (dev MCC) is kept: dev selects, by the same
+rule as within a trial and in the registry; test is never used for selection. Then its test MCC is
+averaged over seeds. Pure functions of a list of result dicts (``task``, ``method``, ``seed``,
+``dev_mcc``, ``test_mcc``, anything else is ignored); the files are written to a temp name and renamed,
+so a crash never leaves a half-written summary.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lingo_core.selection import SELECTION
+
 REQUIRED = ("task", "method", "seed")
 COLUMNS = ("task", "method", "n_seeds", "test_mcc_mean", "test_mcc_std", "dev_mcc_mean")
 
@@ -26,11 +29,10 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def best_per_seed(results: Sequence[dict], dev_key: str = "dev_mcc", mode: str = "max") -> list[dict]:
+def best_per_seed(results: Sequence[dict]) -> list[dict]:
     """The dev-best result of every (task, method, seed). Results without a finite test_mcc (failed,
     or stopped before the final test evaluation) cannot be reported and are skipped."""
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode={mode!r}: expected 'max' or 'min'")
+    dev_key = SELECTION.dev_key
     best: dict[tuple, dict] = {}
     for i, r in enumerate(results):
         missing = [k for k in REQUIRED if k not in r]
@@ -40,8 +42,7 @@ def best_per_seed(results: Sequence[dict], dev_key: str = "dev_mcc", mode: str =
             continue
         key = (r["task"], r["method"], r["seed"])
         cur = best.get(key)
-        better = cur is None or (r[dev_key] > cur[dev_key] if mode == "max" else r[dev_key] < cur[dev_key])
-        if better:
+        if cur is None or SELECTION.better(r[dev_key], cur[dev_key]):  # ties: the first seen stays
             best[key] = r
     return [best[k] for k in sorted(best, key=lambda k: (str(k[0]), str(k[1]), str(k[2])))]
 
@@ -54,9 +55,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def summary_table(results: Sequence[dict], dev_key: str = "dev_mcc", mode: str = "max") -> list[dict]:
+def summary_table(results: Sequence[dict]) -> list[dict]:
     """One row per (task, method) in first-seen order of tasks and methods: COLUMNS."""
-    chosen = best_per_seed(results, dev_key, mode)
+    chosen = best_per_seed(results)
     tasks = list(dict.fromkeys(r["task"] for r in results))
     methods = list(dict.fromkeys(r["method"] for r in results))
     rows = []
@@ -67,7 +68,7 @@ def summary_table(results: Sequence[dict], dev_key: str = "dev_mcc", mode: str =
                 continue
             mean, std = _mean_std([float(r["test_mcc"]) for r in picks])
             rows.append({"task": task, "method": method, "n_seeds": len(picks), "test_mcc_mean": mean,
-                         "test_mcc_std": std, "dev_mcc_mean": _mean_std([float(r[dev_key]) for r in picks])[0]})
+                         "test_mcc_std": std, "dev_mcc_mean": _mean_std([float(r[SELECTION.dev_key]) for r in picks])[0]})
     return rows
 
 
@@ -148,13 +149,12 @@ def plot_summary(rows: Sequence[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_summary(results: Sequence[dict], out_dir: str | Path, dev_key: str = "dev_mcc",
-                  mode: str = "max", echo: bool = True) -> dict[str, Path]:
+def write_summary(results: Sequence[dict], out_dir: str | Path, echo: bool = True) -> dict[str, Path]:
     """Write summary.md / summary.parquet / summary.png into out_dir; returns {"md", "parquet", "png"}.
     ``echo`` prints the Markdown table (what `lingo tune` shows at the end of a sweep)."""
-    rows = summary_table(results, dev_key, mode)
+    rows = summary_table(results)
     if not rows:
-        raise ValueError(f"no result with finite {dev_key} and test_mcc among {len(results)} trial result(s)")
+        raise ValueError(f"no result with finite {SELECTION.dev_key} and test_mcc among {len(results)} trial result(s)")
     out = Path(out_dir)
     text = render_markdown(rows)
     schema = pa.schema([("task", pa.string()), ("method", pa.string()), ("n_seeds", pa.int64()),

@@ -1,6 +1,7 @@
 """A whole sweep: Ray (local or a cluster), one MLflow parent run, a Tune run over task x method x
 hyperparameters x seed, then per task the dev-best adapter is registered (`lingo-<task>`, `champion`
-alias only on improvement) and the summary table is written and logged to the parent run."""
+alias only on improvement, and above chance unless the job allows it) and the summary table is written
+and logged to the parent run."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lingo_core.selection import SELECTION
 from orchestrator import tracking
 from orchestrator.jobspec import JobSpec
 from orchestrator.trial import TRIAL_CPU, SweepContext, run_trial
@@ -133,7 +135,7 @@ def _reporter():
 
     return CLIReporter(
         parameter_columns={"cell/task": "task", "cell/method": "method", "cell/seed": "seed"},
-        metric_columns={"training_iteration": "evals", "step": "step", "dev_mcc": "dev_mcc",
+        metric_columns={"training_iteration": "evals", "step": "step", SELECTION.dev_key: SELECTION.dev_key,
                         "test_mcc": "test_mcc"},
         max_report_frequency=30,  # a table every 30 s: readable on a console, still live
     )
@@ -153,11 +155,11 @@ def _tuner(job: JobSpec, ctx: SweepContext, resume: bool, concurrency: int):
             raise SweepError(f"nothing to resume at {path}; run without --resume first")
         return tune.Tuner.restore(path, trainable=trainable, param_space=space, resume_unfinished=True,
                                   resume_errored=True)
-    s = job.scheduler
     return tune.Tuner(
         trainable,
         param_space=space,
-        tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=_scheduler(job),
+        # job.scheduler.metric/mode were checked to equal SELECTION: one rule, read from its owner
+        tune_config=tune.TuneConfig(metric=SELECTION.dev_key, mode=SELECTION.mode, scheduler=_scheduler(job),
                                     num_samples=job.num_samples, max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(name=job.name, storage_path=job.storage_path, progress_reporter=_reporter(),
                                   failure_config=tune.FailureConfig(max_failures=0)),  # Train retries workers
@@ -171,21 +173,35 @@ def collect_trials(c, experiment_id: str, parent_run_id: str) -> list[dict]:
         m, t = r.data.metrics, r.data.tags
         rows.append({"task": t.get("task"), "method": t.get("method"), "seed": t.get("seed"),
                      "trial_id": t.get(tracking.TRIAL_TAG), "run_id": r.info.run_id, "status": r.info.status,
-                     "dev_mcc": m.get("best_dev_mcc"), "test_mcc": m.get("test_mcc"),
+                     SELECTION.dev_key: m.get(SELECTION.best_key), "test_mcc": m.get("test_mcc"),
                      "base_model": {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("base_model.")}})
     return rows
 
 
 def register(c, job: JobSpec, trials: list[dict]) -> dict[str, tracking.Registration]:
-    """Per task: the finished trial with the best dev MCC becomes a new version of lingo-<task>."""
+    """Per task: the finished trial best under SELECTION becomes a new version of lingo-<task>."""
     out: dict[str, tracking.Registration] = {}
-    done = [t for t in trials if t["status"] == "FINISHED" and _finite(t["dev_mcc"]) and _finite(t["test_mcc"])]
+    key = SELECTION.dev_key
+    done = [t for t in trials if t["status"] == "FINISHED" and _finite(t[key]) and _finite(t["test_mcc"])]
     for task in dict.fromkeys(t["task"] for t in done):
-        best = max((t for t in done if t["task"] == task), key=lambda t: t["dev_mcc"])
+        best = SELECTION.best((t for t in done if t["task"] == task), lambda t: t[key])
         tags = {"method": best["method"], "seed": best["seed"], "test_mcc": repr(best["test_mcc"]),
                 "sweep": job.name, **{f"base_model.{k}": v for k, v in best["base_model"].items()}}
-        out[task] = tracking.register_best(c, task, best["run_id"], best["dev_mcc"], tags=tags)
+        out[task] = tracking.register_best(c, task, best["run_id"], best[key], tags=tags,
+                                           allow_chance=job.mlflow.allow_chance_champion)
     return out
+
+
+def registration_line(reg: tracking.Registration) -> str:
+    """What `lingo tune` prints per task: where the champion alias is now, and why."""
+    head = f"registered {reg.name} v{reg.version} (dev MCC {reg.dev_mcc:.3f})"
+    if reg.champion:
+        return f"{head}: champion"
+    stays = f"champion stays v{reg.previous_champion}" if reg.previous_champion else "no champion yet"
+    if reg.at_chance:
+        return (f"{head}: not champion, no better than chance (dev MCC <= {SELECTION.chance:g}; "
+                f"mlflow.allow_chance_champion: true allows it); {stays}")
+    return f"{head}: {stays}"
 
 
 def _finite(v: Any) -> bool:
@@ -229,13 +245,12 @@ def run_sweep(job: JobSpec, resume: bool = False, address: str | None = None) ->
         result.registrations = register(c, job, trials)
     rows = [t for t in trials if t["status"] == "FINISHED"]
     try:
-        result.summary = write_summary(rows, job.output_dir, dev_key="dev_mcc", mode=job.scheduler.mode)
+        result.summary = write_summary(rows, job.output_dir)
         tracking.log_artifacts(c, parent, [(p, "summary") for p in result.summary.values()])
     except ValueError as e:  # no finished trial: nothing to summarise
         print(f"no summary: {e}")
     for reg in result.registrations.values():
-        moved = "champion" if reg.champion else f"champion stays v{reg.previous_champion}"
-        print(f"registered {reg.name} v{reg.version} (dev MCC {reg.dev_mcc:.3f}): {moved}")
+        print(registration_line(reg))
     tracking.log_metrics(c, parent, {"trials": len(trials), "trials_finished": len(rows), "trials_errored": errors})
     c.set_terminated(parent, "FINISHED" if errors == 0 else "FAILED")
     print(f"MLflow: {uri} (experiment {job.mlflow.experiment}, parent run {parent})")

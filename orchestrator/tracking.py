@@ -22,10 +22,13 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from lingo_core.selection import SELECTION  # noqa: E402
+
 CHAMPION = "champion"  # alias of the best version of a task's registered model
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI shows children under the parent
 TRIAL_TAG = "lingo.trial_id"  # finds a trial's child run again when the trial restarts or resumes
 SWEEP_TAG = "lingo.sweep"
+CHANCE_TAG = "lingo.at_chance"  # version tag: dev MCC no better than chance (kept from champion by default)
 _MAX_BATCH = 100  # MLflow's log_batch limit for params (and a safe chunk for metrics)
 _PARAM_MAX = 6000  # MLflow's param value length limit
 T = TypeVar("T")
@@ -171,7 +174,8 @@ class Registration:
     version: str
     dev_mcc: float
     champion: bool  # the alias moved to this version
-    previous_champion: str | None  # version that held the alias before (None: first registration)
+    previous_champion: str | None  # version that held the alias before (None: no champion yet)
+    at_chance: bool = False  # dev MCC no better than chance: kept from the alias (allow_chance=False)
 
 
 def champion_version(c: MlflowClient, name: str):
@@ -182,9 +186,11 @@ def champion_version(c: MlflowClient, name: str):
 
 
 def register_best(c: MlflowClient, task: str, run_id: str, dev_mcc: float, *, artifact_path: str = "adapter",
-                  tags: Mapping[str, Any] = ()) -> Registration:
+                  tags: Mapping[str, Any] = (), allow_chance: bool = False) -> Registration:
     """Register the run's adapter folder as a new version of `lingo-<task>`; move `champion` to it only
-    if its dev MCC beats the current champion's (ties keep the incumbent: no churn without evidence)."""
+    if its dev MCC beats the current champion's under SELECTION (ties keep the incumbent: no churn
+    without evidence) and, unless ``allow_chance``, beats chance: a one-class predictor (MCC 0) is
+    recorded as a version but is no model to serve."""
     name = model_name(task)
     try:
         c.create_registered_model(name, description=f"Lingo adapters for GUE task {task}")
@@ -192,23 +198,26 @@ def register_best(c: MlflowClient, task: str, run_id: str, dev_mcc: float, *, ar
         if "already exists" not in str(e).lower() and "RESOURCE_ALREADY_EXISTS" not in str(e):
             raise
     source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
-    all_tags = {"task": task, "dev_mcc": repr(float(dev_mcc)), **{k: str(v) for k, v in dict(tags).items()}}
+    at_chance = not SELECTION.beats_chance(float(dev_mcc))
+    all_tags = {"task": task, SELECTION.dev_key: repr(float(dev_mcc)), **{k: str(v) for k, v in dict(tags).items()}}
+    if at_chance:  # says in the registry UI why this version never became champion
+        all_tags[CHANCE_TAG] = "true"
     mv = retry(lambda: c.create_model_version(name, source=source, run_id=run_id, tags=all_tags))
     current = champion_version(c, name)
-    current_mcc = _version_dev_mcc(c, current) if current is not None else -math.inf
-    moved = float(dev_mcc) > current_mcc
+    current_mcc = _version_dev_mcc(c, current) if current is not None else SELECTION.worst
+    moved = SELECTION.better(float(dev_mcc), current_mcc) and (allow_chance or not at_chance)
     if moved:
         c.set_registered_model_alias(name, CHAMPION, mv.version)
     return Registration(name, str(mv.version), float(dev_mcc), moved,
-                        None if current is None else str(current.version))
+                        None if current is None else str(current.version), at_chance)
 
 
 def _version_dev_mcc(c: MlflowClient, mv) -> float:
     """The champion's dev MCC: its version tag, else the best_dev_mcc metric of its run."""
-    if "dev_mcc" in (mv.tags or {}):
-        return float(mv.tags["dev_mcc"])
+    if SELECTION.dev_key in (mv.tags or {}):
+        return float(mv.tags[SELECTION.dev_key])
     if mv.run_id:
         m = c.get_run(mv.run_id).data.metrics
-        if "best_dev_mcc" in m:
-            return float(m["best_dev_mcc"])
-    return -math.inf
+        if SELECTION.best_key in m:
+            return float(m[SELECTION.best_key])
+    return SELECTION.worst

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lingo_core.selection import SELECTION
 from lingo_core.train.backend import TorchBackend, linear_warmup_decay
 from lingo_core.tuners.ars.shards import Shard, ShardAccess, WholeParams
 
@@ -271,7 +272,7 @@ class RayTrainHooks:
         self.reports = 0
 
     def on_log(self, step: int, logs: dict) -> None:
-        # Metrics only, and only to MLflow: a Tune result without dev_mcc would fail Tune's metric
+        # Metrics only, and only to MLflow: a Tune result without SELECTION's metric would fail Tune's metric
         # check and count as an ASHA rung, and each ray.train.report is a barrier over all workers.
         if self.logger is None:
             return
@@ -406,7 +407,7 @@ def train_worker_fn(config: dict) -> None:
             if logger is not None:
                 logger.tags({"lingo.error_rank0": "train() raised; see the Ray trial log"})
             raise
-    final = {"dev_mcc": result.dev_metrics.get("mcc"), "test_mcc": result.test_metrics.get("mcc"),
+    final = {SELECTION.dev_key: result.dev_metrics.get(SELECTION.metric), "test_mcc": result.test_metrics.get("mcc"),
              "best_step": result.best_step, "step": result.total_steps, "resumed_from_step": resumed_step,
              "final": 1}
     if logger is not None:

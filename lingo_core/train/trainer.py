@@ -1,6 +1,7 @@
 """The training loop: one task, one adapter method, any TrainBackend.
 
-Dev selects the checkpoint (dev MCC); test is evaluated exactly once, on the dev-selected weights.
+Dev selects the checkpoint (by ``lingo_core.selection.SELECTION``, the rule the sweep, the summary and
+the registry use too); test is evaluated exactly once, on the dev-selected weights.
 Determinism: data order comes from (seed, epoch), dropout from (seed, micro-batch index), so a run
 resumed from a checkpoint continues bit-for-bit like an uninterrupted one.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from lingo_core.selection import SELECTION
 from lingo_core.train.backend import TorchBackend, TrainBackend
 from lingo_core.train.checkpoint import load_checkpoint, save_checkpoint
 from lingo_core.train.config import TrainConfig
@@ -226,7 +227,8 @@ def train(
     eval_loaders = {s: _loader(data[s], [list(range(i, min(i + size, len(data[s])))) for i in range(0, len(data[s]), size)],
                                tok.collate, cfg)
                     for s in ("dev", "test")}
-    step, best_step, best_mcc, best_state, best_dev = 0, 0, -math.inf, None, {}
+    # best_mcc holds the SELECTION metric's best dev value (the name is kept: checkpoints store it so)
+    step, best_step, best_mcc, best_state, best_dev = 0, 0, SELECTION.worst, None, {}
     n_dev_evals = 0
     if resume_from is not None:
         st, best_state = load_checkpoint(Path(resume_from), backend, controller)
@@ -241,9 +243,10 @@ def train(
         # ars/adalora: only weights under the final rank pattern are candidates, so the exported adapter
         # has exactly the target budget (a mid-pruning checkpoint would carry more ranks).
         selectable = controller is None or controller.final
-        is_best = selectable and m["mcc"] > best_mcc  # strict: on ties the earlier (cheaper-to-reach) step wins
+        # strict: on ties the earlier (cheaper-to-reach) step wins
+        is_best = selectable and SELECTION.better(m[SELECTION.metric], best_mcc)
         if is_best:
-            best_step, best_mcc, best_dev, best_state = step, m["mcc"], m, backend.trainable_state()
+            best_step, best_mcc, best_dev, best_state = step, m[SELECTION.metric], m, backend.trainable_state()
         ckpt = None
         if cfg.save_checkpoints:
             state = {"step": step, "epoch": epoch, "best_step": best_step, "best_mcc": best_mcc,

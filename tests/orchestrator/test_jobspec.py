@@ -263,3 +263,20 @@ def test_fractional_gpus_need_one_worker_per_trial(tmp_path):
     assert "whole GPUs per worker (1 or more)" in msg and "workers_per_trial: 1" in msg
     assert load_job(write(tmp_path, merged(resources={"workers_per_trial": 1, "gpus_per_worker": 0.5})))
     assert load_job(write(tmp_path, merged(resources={"workers_per_trial": 2, "gpus_per_worker": 1})))
+
+
+# ---- issue 9 item 5: one selection rule; scheduler.metric/mode may only name it ------------------------
+
+
+def test_scheduler_metric_and_mode_other_than_the_selection_rule_exit_2(tmp_path, capsys):
+    # {dev_loss, min} would have Tune rank trials one way while checkpoints and champions use dev MCC
+    path = write(tmp_path, merged(scheduler={"type": "fifo", "metric": "dev_loss", "mode": "min"}))
+    rc, out, err = tune_cli([str(path), "--dry-run"], capsys)
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"lingo tune: error: {path}: scheduler.metric: expected 'dev_mcc', got 'dev_loss'")
+    msg = error_of(write(tmp_path, merged(scheduler={"mode": "min"})))
+    assert msg.startswith(f"{path}: scheduler.mode: expected 'max', got 'min'")
+    assert "override 'scheduler.metric=dev_f1'" in error_of(write(tmp_path, BASE), ["scheduler.metric=dev_f1"])
+    job = load_job(write(tmp_path, merged(scheduler={"metric": "dev_mcc", "mode": "max"})))  # the rule itself
+    assert (job.scheduler.metric, job.scheduler.mode) == ("dev_mcc", "max")
+    assert job.mlflow.allow_chance_champion is False  # the chance gate is on unless the job asks

@@ -30,7 +30,9 @@ def test_dev_best_selection():
     tata_ars_0 = [r for r in chosen if (r["task"], r["method"], r["seed"]) == ("prom_core_tata", "ars", 0)]
     assert [r["trial_id"] for r in tata_ars_0] == ["a"]
     assert len(chosen) == 6  # tf/0 lora has no finite test MCC
-    assert best_per_seed(RESULTS, mode="min")[0]["trial_id"] == "b"
+    # one rule (SELECTION: dev MCC, max, strict): on a tie the first-seen trial stays, as in the registry
+    tie = [{**RESULTS[0], "trial_id": "x"}, {**RESULTS[0], "trial_id": "y"}, {**RESULTS[1], "trial_id": "z"}]
+    assert [r["trial_id"] for r in best_per_seed(tie)] == ["x"]
 
 
 def test_mean_std_over_seeds():

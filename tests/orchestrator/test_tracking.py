@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,7 +25,16 @@ def _run_with_adapter(c, exp_id: str, parent: str, trial: str, tmp: Path) -> str
     return run_id
 
 
-def _store(tmp_path: Path):
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty sqlite store, made once: MLflow's schema migrations take ~5 s per new file."""
+    folder = tmp_path_factory.mktemp("empty_store")
+    tracking.client(tracking.default_tracking_uri(folder)).search_experiments()  # creates the tables
+    return folder / "mlflow.db"
+
+
+def _store(tmp_path: Path, empty_store: Path):
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")  # each test still gets its own store
     uri = tracking.default_tracking_uri(tmp_path)
     assert uri.startswith("sqlite:////")  # absolute: every process resolves the same file
     c = tracking.client(uri)
@@ -32,8 +42,8 @@ def _store(tmp_path: Path):
     return c, exp
 
 
-def test_champion_moves_only_on_improvement(tmp_path: Path) -> None:
-    c, exp = _store(tmp_path)
+def test_champion_moves_only_on_improvement(tmp_path: Path, empty_store: Path) -> None:
+    c, exp = _store(tmp_path, empty_store)
     parent = tracking.start_parent_run(c, exp, "sweep")
     a = _run_with_adapter(c, exp, parent, "a", tmp_path)
     b = _run_with_adapter(c, exp, parent, "b", tmp_path)
@@ -62,8 +72,50 @@ def test_champion_moves_only_on_improvement(tmp_path: Path) -> None:
     assert '"e"' in (Path(local) / "lingo.json").read_text()
 
 
-def test_child_run_is_found_again_after_restart(tmp_path: Path) -> None:
-    c, exp = _store(tmp_path)
+def test_chance_level_version_is_registered_but_never_champion(tmp_path: Path, empty_store: Path) -> None:
+    """Dev MCC <= 0 is what a one-class predictor scores: a version, never the alias, unless asked."""
+    c, exp = _store(tmp_path, empty_store)
+    parent = tracking.start_parent_run(c, exp, "sweep")
+    zero, neg, good, allowed = (_run_with_adapter(c, exp, parent, t, tmp_path) for t in ("z", "n", "g", "a"))
+
+    r0 = tracking.register_best(c, "tf/0", zero, 0.0)
+    assert (r0.champion, r0.at_chance, r0.previous_champion) == (False, True, None)
+    assert tracking.champion_version(c, "lingo-tf_0") is None
+    assert c.get_model_version("lingo-tf_0", r0.version).tags[tracking.CHANCE_TAG] == "true"
+    r1 = tracking.register_best(c, "tf/0", neg, -0.2)  # worse than chance: no alias either
+    assert not r1.champion and tracking.champion_version(c, "lingo-tf_0") is None
+    r2 = tracking.register_best(c, "tf/0", good, 0.05)  # the first version above chance takes the alias
+    assert r2.champion and not r2.at_chance and r2.previous_champion is None
+    champ = c.get_model_version_by_alias("lingo-tf_0", tracking.CHAMPION)
+    assert str(champ.version) == r2.version and tracking.CHANCE_TAG not in champ.tags
+    assert len(c.search_model_versions("name='lingo-tf_0'")) == 3
+
+    r3 = tracking.register_best(c, "EMP/H3", allowed, 0.0, allow_chance=True)  # the job opted in
+    assert r3.champion and r3.at_chance
+    assert str(c.get_model_version_by_alias("lingo-EMP_H3", tracking.CHAMPION).version) == r3.version
+
+
+def test_sweep_registers_the_dev_best_trial_under_the_jobs_chance_setting(tmp_path: Path, empty_store: Path) -> None:
+    from orchestrator.jobspec import JobSpec, MlflowSpec
+    from orchestrator.sweep import register, registration_line
+
+    c, exp = _store(tmp_path, empty_store)
+    parent = tracking.start_parent_run(c, exp, "sweep")
+    runs = [_run_with_adapter(c, exp, parent, t, tmp_path) for t in ("first", "tie", "worse", "killed")]
+    trials = [{"task": "tf/0", "method": "lora", "seed": 0, "run_id": r, "status": status, "dev_mcc": dev,
+               "test_mcc": 0.1, "base_model": {}}
+              for r, status, dev in zip(runs, ["FINISHED"] * 3 + ["KILLED"], [0.0, 0.0, -0.3, 0.9], strict=True)]
+
+    reg = register(c, JobSpec("t", ["tf/0"], ["lora"]), trials)["tf/0"]
+    assert c.get_model_version(reg.name, reg.version).run_id == runs[0]  # dev-best, the first on a tie
+    assert not reg.champion and reg.at_chance  # the default job keeps chance-level adapters from the alias
+    assert "not champion, no better than chance" in registration_line(reg) and "no champion yet" in registration_line(reg)
+    opted_in = JobSpec("t", ["tf/0"], ["lora"], mlflow=MlflowSpec(allow_chance_champion=True))
+    assert register(c, opted_in, trials)["tf/0"].champion
+
+
+def test_child_run_is_found_again_after_restart(tmp_path: Path, empty_store: Path) -> None:
+    c, exp = _store(tmp_path, empty_store)
     parent = tracking.start_parent_run(c, exp, "sweep")
     first = tracking.find_or_create_child(c, exp, parent, "trial_1", run_name="x")
     tracking.log_metrics(c, first, {"dev_mcc": 0.1, "dev_auroc": None, "cm": [[1]]}, step=4)
