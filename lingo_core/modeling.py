@@ -183,12 +183,93 @@ _TOKENIZER_CACHE: dict[tuple, PreTrainedTokenizerBase] = {}
 _TOKENIZER_LOCK = threading.Lock()
 
 
+CACHE_ENV = "LINGO_CACHE_DIR"
+"""Where de-quantised GGUF models are kept (default ~/.cache/lingo, or $XDG_CACHE_HOME/lingo); set it to
+the empty string to always read the GGUF file itself."""
+
+_DENSE_DONE = "lingo-dense.json"  # written last: a folder without it is incomplete and is rebuilt
+
+
+def _cache_root() -> Path | None:
+    value = os.environ.get(CACHE_ENV)
+    if value == "":
+        return None
+    if value:
+        return Path(value)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lingo"
+
+
+def dense_ref(ref: BaseModelRef) -> BaseModelRef:
+    """For a GGUF model: a plain HF folder with its de-quantised fp32 weights and its tokenizer, built once
+    per GGUF file (keyed by its sha256) and reused by every later load; other refs come back unchanged.
+
+    Why: de-quantising SmolLM2's GGUF and building its tokenizer take 15-45 s of CPU on every load, and
+    a sweep loads the base once per trial; the dense folder loads in about a second. Every load reads
+    the folder (the first one builds it first), so a seed gives the same head whether or not the cache
+    existed. The weights are the de-quantised values unchanged (fp32), so results do not depend on it.
+    """
+    root = _cache_root()
+    if not ref.gguf_file or root is None:
+        return ref
+    source = Path(ref.path) / ref.gguf_file
+    folder = root / "dense" / _sha256_file(source)[:24]
+    if not (folder / _DENSE_DONE).is_file():
+        _build_dense(ref, folder)
+    return BaseModelRef(name=ref.name, path=str(folder))
+
+
+def _build_dense(ref: BaseModelRef, folder: Path) -> None:
+    """Write the dense folder next to its final name and rename it into place (processes that race
+    here each build one; the first rename wins and the others drop theirs)."""
+    import json
+    import shutil
+    import uuid
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        # fork_rng: building must not advance the global RNG, or the head a seed gives would depend on
+        # whether this load built the cache
+        with _quiet_loading(), torch.random.fork_rng(devices=[]):
+            tokenizer = AutoTokenizer.from_pretrained(ref.path, **_from_pretrained_kwargs(ref))
+            model = _from_pretrained(ref, num_labels=2)
+            head = _head_prefixes(model)
+            weights = {k: v for k, v in model.state_dict().items() if not k.startswith(head)}
+            model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)  # no head: each load inits its own
+            tokenizer.save_pretrained(tmp)
+        (tmp / _DENSE_DONE).write_text(json.dumps({"source": str(Path(ref.path) / ref.gguf_file),
+                                                   "gguf_file": ref.gguf_file}))
+        tmp.rename(folder)  # atomic; the marker is inside, so a folder of this name is always complete
+    except OSError as e:
+        if not (folder / _DENSE_DONE).is_file():  # not a lost race with another process: a real failure
+            raise OSError(f"cannot write the de-quantised model cache {folder} ({e}); free space there, "
+                          f"point {CACHE_ENV} elsewhere, or set {CACHE_ENV}= to read the GGUF directly") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _head_prefixes(model: PreTrainedModel) -> tuple[str, ...]:
+    # The classification head (LLaMA: score, OPT: score): new for every task, never part of the base.
+    return tuple(name + "." for name, _ in model.named_children() if name in ("score", "classifier"))
+
+
+def _from_pretrained(ref: BaseModelRef, num_labels: int) -> PreTrainedModel:
+    return AutoModelForSequenceClassification.from_pretrained(
+        ref.path,
+        num_labels=num_labels,
+        dtype=torch.float32,  # GGUF is de-quantised; train adapters in fp32 (mixed precision is the backend's job)
+        **_from_pretrained_kwargs(ref),
+        **(_gguf_dequantize_config() if ref.gguf_file else {}),
+    )
+
+
 def load_tokenizer(ref: BaseModelRef) -> PreTrainedTokenizerBase:
     """The LM's own tokenizer with a pad token (eos when missing) and right padding.
 
     Building a tokenizer from GGUF takes seconds, so a template is kept per file and each call gets a
     deep copy (~0.1 s): callers may change their copy without affecting others.
     """
+    ref = dense_ref(ref)
     key = _cache_key(ref)
     with _TOKENIZER_LOCK:
         template = _TOKENIZER_CACHE.get(key) if key is not None else None
@@ -225,15 +306,10 @@ def load_classifier(ref: BaseModelRef, num_labels: int) -> PreTrainedModel:
     """
     if num_labels < 1:
         raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+    ref = dense_ref(ref)
     tokenizer = load_tokenizer(ref)
     with _quiet_loading():
-        model = AutoModelForSequenceClassification.from_pretrained(
-            ref.path,
-            num_labels=num_labels,
-            dtype=torch.float32,  # GGUF is de-quantised; train adapters in fp32 (mixed precision is the backend's job)
-            **_from_pretrained_kwargs(ref),
-            **(_gguf_dequantize_config() if ref.gguf_file else {}),
-        )
+        model = _from_pretrained(ref, num_labels)
     if getattr(model, "hf_quantizer", None) is not None:
         raise RuntimeError(
             f"{ref.name} loaded as a quantized model ({model.hf_quantizer.quantization_config.quant_method}); "

@@ -262,8 +262,35 @@ def test_real_smollm2_classifier(smollm2_ref, capfd):
     assert type(model).__name__ == "LlamaForSequenceClassification"
     assert all(p.dtype == torch.float32 for p in model.parameters())
     # De-quantised into a plain dense model, not flagged as GGUF-quantized (which blocks training/saving).
-    assert not model.is_quantized and getattr(model.config, "quantization_config", None) is None
+    assert not getattr(model, "is_quantized", False) and getattr(model.config, "quantization_config", None) is None
     n_params = sum(p.numel() for p in model.parameters())
     assert abs(n_params - 134.5e6) < 0.5e6, n_params
     assert model.config.pad_token_id == load_tokenizer(smollm2_ref).pad_token_id is not None
     assert "de-quantizing" not in capfd.readouterr().err  # progress bars silenced
+
+
+@pytest.mark.integration
+def test_gguf_is_dequantized_once_into_the_cache(smollm2_ref, tmp_path, monkeypatch):
+    """Catches: a cached base that differs from the GGUF (weights, head init from the seed, tokenizer), a
+    cache rebuilt on every load, or a cache that keeps the task head."""
+    from safetensors import safe_open
+
+    from lingo_core.modeling import CACHE_ENV, dense_ref
+
+    prompt = ["Domain: DNA promoter\nSequence: ACGTTGCANNACGT\nAnnotation:", "A" * 40]
+    monkeypatch.setenv(CACHE_ENV, "")  # the GGUF itself
+    torch.manual_seed(0)
+    direct = load_classifier(smollm2_ref, num_labels=2).state_dict()
+    direct_ids = load_tokenizer(smollm2_ref)(prompt, padding=True)["input_ids"]
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    torch.manual_seed(0)
+    cached = load_classifier(smollm2_ref, num_labels=2).state_dict()
+    folder = Path(dense_ref(smollm2_ref).path)
+    assert folder.parent == tmp_path / "dense" and (folder / "lingo-dense.json").is_file()
+    assert direct.keys() == cached.keys() and all(torch.equal(direct[k], cached[k]) for k in direct)
+    assert load_tokenizer(smollm2_ref)(prompt, padding=True)["input_ids"] == direct_ids
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if k.startswith("score")]  # the head is new for every task
+    built = (folder / "model.safetensors").stat().st_mtime_ns
+    load_classifier(smollm2_ref, num_labels=3)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == built  # read, not rebuilt
