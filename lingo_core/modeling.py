@@ -12,8 +12,11 @@ import copy
 import functools
 import hashlib
 import importlib.util
+import json
 import os
+import shutil
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,10 +224,6 @@ def dense_ref(ref: BaseModelRef) -> BaseModelRef:
 def _build_dense(ref: BaseModelRef, folder: Path) -> None:
     """Write the dense folder next to its final name and rename it into place (processes that race
     here each build one; the first rename wins and the others drop theirs)."""
-    import json
-    import shutil
-    import uuid
-
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
