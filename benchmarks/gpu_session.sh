@@ -40,8 +40,8 @@ case "${1:-}" in
     echo "$(cat .stage/b/sum)  $GGUF" | sha256sum -c - || exit 4
     rm -f $ST/part.00; cp -r .stage/b/gue/* $ST/gue/
     python3 -m pip install -q --no-index --no-deps --no-compile --target $ST/site .stage/b/whl/*.whl || exit 5
-    [ "${STEP_TIME:-1}" = 1 ] && python3 benchmarks/step_time.py --batch-size 32 --steps 20 --warmup 5 --rounds 2 --backends torch,deepspeed \
-      --out "$OUT/step_time_gpu.json"
+    [ "${STEP_TIME:-1}" = 1 ] && python3 benchmarks/step_time.py --batch-size 32 --steps 20 --warmup 5 --rounds ${ROUNDS:-4} \
+      --methods ${METHODS:-ars,lora} --backends torch,deepspeed --out "$OUT/step_time_gpu.json"
     ;;
   select|proof)
     phase=$1; shift
