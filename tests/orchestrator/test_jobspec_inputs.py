@@ -85,9 +85,11 @@ _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.floats(-
 _VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                          st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4)),
                        max_leaves=12)
-_SPEC = st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=8).map(
+_TOP = ["seeds", "model", "tokenization", "num_samples", "search_seed", "max_concurrent_trials", "train",
+        "search", "budgets", "scheduler", "resources", "deepspeed", "mlflow", "ray", "output_dir", "data_root"]
+_SPEC = st.dictionaries(st.sampled_from(_TOP), _VALUES, max_size=6).map(
     lambda d: {"name": "t", "tasks": ["prom_core_tata"], "methods": ["lora"], **d})
-_FUZZ = settings(max_examples=60, derandomize=True, deadline=None, database=None,
+_FUZZ = settings(max_examples=80, derandomize=True, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
