@@ -127,7 +127,9 @@ def save_adapter(
     return out_dir
 
 
-def _resolve_base(meta: dict, base_model: str | Path | None, meta_file: Path):
+def resolve_base(meta: dict, base_model: str | Path | None = None, meta_file: Path | None = None):
+    """The BaseModelRef an export was trained on (or `base_model`), verified against its recorded sha256;
+    AdapterError "<lingo.json>: base_model.sha256: base model mismatch ..." when the weights found differ."""
     from lingo_core.modeling import BaseModelRef, model_identity, resolve_model
 
     ident = meta["base_model"]
@@ -142,28 +144,24 @@ def _resolve_base(meta: dict, base_model: str | Path | None, meta_file: Path):
         got = model_identity(ref)["sha256"]
         if got != want:
             raise AdapterError(
-                f"{meta_file}: base_model.sha256: base model mismatch: adapter was trained on {ident['name']!r} "
-                f"with weights sha256 {want}, but {ref.path} has sha256 {got}; pass base_model= pointing at "
-                "the original weights"
+                f"{meta_file or 'lingo.json'}: base_model.sha256: base model mismatch: adapter was trained on "
+                f"{ident['name']!r} with weights sha256 {want}, but {ref.path} has sha256 {got}; point base_model "
+                "(lingo predict: --base-model) at the original weights"
             )
     return ref
 
 
-def load_adapter(path: str | Path, base_model: str | Path | None = None):
-    """Load an exported folder -> (model in eval mode, LingoTokenizer, lingo.json dict).
+def read_meta(path: str | Path) -> dict:
+    """The lingo.json of an exported folder, after the folder itself is checked (adapter_checks: no pickle
+    files, keys and types, every listed file present with its recorded sha256); AdapterError otherwise."""
+    return read_adapter_meta(Path(path))
 
-    The folder is checked first (lingo_core.adapter_checks: lingo.json's keys, the files it lists and
-    their sha256, no pickle files anywhere), then the base is resolved from lingo.json (or `base_model`)
-    and verified against the recorded sha256. Every problem is an AdapterError naming the file and key.
-    Only JSON and safetensors are read; nothing is unpickled.
-    """
-    from lingo_core.modeling import load_classifier, load_tokenizer
-    from lingo_core.tokenization import LingoTokenizer
 
+def apply_adapter(model: nn.Module, path: str | Path, meta: dict) -> nn.Module:
+    """Put an export's trained part onto a fresh classifier of its base: the PEFT adapter (PEFT reads
+    adapter_model.safetensors, which read_meta found intact, so never its pickle fallback), then the head,
+    or the whole weights for full fine-tuning. Eval mode. Weights that do not fit are one AdapterError."""
     path = Path(path)
-    meta = read_adapter_meta(path)
-    ref = _resolve_base(meta, base_model, path / "lingo.json")
-    model = load_classifier(ref, meta["num_labels"])
     method = meta["method"]
     try:
         if method in PEFT_METHODS:
@@ -173,7 +171,6 @@ def load_adapter(path: str | Path, base_model: str | Path | None = None):
                 # AdaLoRA keys rank_pattern by parameter ('...q_proj.lora_E'), which PEFT's generic LoRA-style
                 # pattern check reports as unmatched; the pattern is still applied (resize on state-dict load).
                 warnings.filterwarnings("ignore", message="The following rank_pattern keys did not match")
-                # the folder holds adapter_model.safetensors (checked above), so PEFT reads that file only
                 model = PeftModel.from_pretrained(model, str(path))
         if method == "full":
             load_model(model, str(path / "model.safetensors"))  # strict: any missing/extra tensor raises
@@ -183,8 +180,25 @@ def load_adapter(path: str | Path, base_model: str | Path | None = None):
         if isinstance(e, AdapterError):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AdapterError(f"{path}: weights do not fit base model {ref.name!r} with {meta['num_labels']} labels "
+        name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+        raise AdapterError(f"{path}: weights do not fit base model {name!r} with {meta['num_labels']} labels "
                            f"({first}); expected an adapter trained on this base") from None
-    model.eval()
+    return model.eval()
+
+
+def load_adapter(path: str | Path, base_model: str | Path | None = None):
+    """Load an exported folder -> (model in eval mode, LingoTokenizer, lingo.json dict).
+
+    The folder is checked first (read_meta), then the base is resolved from lingo.json (or `base_model`)
+    and verified against the recorded sha256. Every problem is an AdapterError naming the file and key.
+    Only JSON and safetensors are read; nothing is unpickled.
+    """
+    from lingo_core.modeling import load_classifier, load_tokenizer
+    from lingo_core.tokenization import LingoTokenizer
+
+    path = Path(path)
+    meta = read_meta(path)
+    ref = resolve_base(meta, base_model, path / "lingo.json")
+    model = apply_adapter(load_classifier(ref, meta["num_labels"]), path, meta)
     tok = LingoTokenizer(load_tokenizer(ref), mode=meta["tokenization"], max_length=meta["max_length"])
     return model, tok, meta
