@@ -196,9 +196,10 @@ class MlflowSpec:
         # A secret in the URI would be logged as the parent run's `mlflow.tracking_uri` param, written into
         # job.json and shown by --dry-run; MLflow reads credentials from the environment instead.
         if self.tracking_uri and urlsplit(self.tracking_uri).username is not None:  # user:secret@ or token@
-            raise FieldError("tracking_uri", "contains credentials (user:secret@ or token@ before the host); expected a URI "
-                             "without credentials: set MLFLOW_TRACKING_TOKEN (or MLFLOW_TRACKING_USERNAME and "
-                             "MLFLOW_TRACKING_PASSWORD) in the environment, never in the job spec")
+            raise FieldError("tracking_uri", "contains credentials (user:secret@ or token@ before the host); "
+                             "expected a URI without credentials: set MLFLOW_TRACKING_TOKEN (or "
+                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD) in the environment, never "
+                             "in the job spec")
 
 
 @dataclass
