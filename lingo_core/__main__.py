@@ -17,8 +17,9 @@ def main(argv: list[str] | None = None) -> int:
         from lingo_core.cli import train_main
 
         return train_main(rest)
-    print(f"unknown command {command!r}\n{_USAGE}", file=sys.stderr)
-    return 2
+    from lingo_core.cliparse import fail
+
+    return fail("python -m lingo_core", f"unknown command {command!r}; expected train ({_USAGE})")
 
 
 if __name__ == "__main__":

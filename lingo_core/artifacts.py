@@ -11,14 +11,15 @@ Layout (`save_adapter`):
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
+
+from lingo_core.adapter_checks import AdapterError, read_adapter_meta
+from lingo_core.storage import atomic_dir, sha256_file
 
 PEFT_METHODS = ("ars", "lora", "adalora", "prefix")
 """Methods whose trainable part is a PEFT adapter saved with `save_pretrained`."""
@@ -79,13 +80,11 @@ def save_adapter(
     """Write the exported model to `out_dir` (replaced if present) and return it.
 
     `task` is the TaskSpec (name, label names, description). The folder is assembled next to its final
-    name and renamed into place, so readers never see a half-written export.
+    name and renamed into place, so readers never see a half-written export; a failed write (full disk)
+    is a StorageError and leaves any previous export in place.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(out_dir, "adapter folder") as tmp:
         files = []
         if method in PEFT_METHODS:
             if not hasattr(model, "save_pretrained") or not hasattr(model, "peft_config"):
@@ -121,18 +120,16 @@ def save_adapter(
             "metrics": metrics,
             "rank_pattern": rank_pattern if method in RANK_METHODS else None,
             "files": files,
+            # lingo.json is written last: the loader checks every file against these before reading it
+            "sha256": {name: sha256_file(tmp / name) for name in files},
         }
         (tmp / "lingo.json").write_text(json.dumps(_json_safe(meta), indent=1))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
-def _resolve_base(meta: dict, base_model: str | Path | None):
+def resolve_base(meta: dict, base_model: str | Path | None = None, meta_file: Path | None = None):
+    """The BaseModelRef an export was trained on (or `base_model`), verified against its recorded sha256;
+    AdapterError "<lingo.json>: base_model.sha256: base model mismatch ..." when the weights found differ."""
     from lingo_core.modeling import BaseModelRef, model_identity, resolve_model
 
     ident = meta["base_model"]
@@ -146,43 +143,62 @@ def _resolve_base(meta: dict, base_model: str | Path | None):
     if want:
         got = model_identity(ref)["sha256"]
         if got != want:
-            raise ValueError(
-                f"base model mismatch: adapter was trained on {ident['name']!r} with weights sha256 {want}, "
-                f"but {ref.path} has sha256 {got}; pass base_model= pointing at the original weights"
+            raise AdapterError(
+                f"{meta_file or 'lingo.json'}: base_model.sha256: base model mismatch: adapter was trained on "
+                f"{ident['name']!r} with weights sha256 {want}, but {ref.path} has sha256 {got}; point base_model "
+                "(lingo predict: --base-model) at the original weights"
             )
     return ref
+
+
+def read_meta(path: str | Path) -> dict:
+    """The lingo.json of an exported folder, after the folder itself is checked (adapter_checks: no pickle
+    files, keys and types, every listed file present with its recorded sha256); AdapterError otherwise."""
+    return read_adapter_meta(Path(path))
+
+
+def apply_adapter(model: nn.Module, path: str | Path, meta: dict) -> nn.Module:
+    """Put an export's trained part onto a fresh classifier of its base: the PEFT adapter (PEFT reads
+    adapter_model.safetensors, which read_meta found intact, so never its pickle fallback), then the head,
+    or the whole weights for full fine-tuning. Eval mode. Weights that do not fit are one AdapterError."""
+    path = Path(path)
+    method = meta["method"]
+    try:
+        if method in PEFT_METHODS:
+            from peft import PeftModel
+
+            with warnings.catch_warnings():
+                # AdaLoRA keys rank_pattern by parameter ('...q_proj.lora_E'), which PEFT's generic LoRA-style
+                # pattern check reports as unmatched; the pattern is still applied (resize on state-dict load).
+                warnings.filterwarnings("ignore", message="The following rank_pattern keys did not match")
+                model = PeftModel.from_pretrained(model, str(path))
+        if method == "full":
+            load_model(model, str(path / "model.safetensors"))  # strict: any missing/extra tensor raises
+        else:
+            head_module(model).load_state_dict(load_file(str(path / "head.safetensors")))
+    except (RuntimeError, ValueError, KeyError) as e:  # shapes or names that do not fit this base model
+        if isinstance(e, AdapterError):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+        raise AdapterError(f"{path}: weights do not fit base model {name!r} with {meta['num_labels']} labels "
+                           f"({first}); expected an adapter trained on this base") from None
+    return model.eval()
 
 
 def load_adapter(path: str | Path, base_model: str | Path | None = None):
     """Load an exported folder -> (model in eval mode, LingoTokenizer, lingo.json dict).
 
-    The base is resolved from lingo.json (or `base_model`) and verified against the recorded sha256.
+    The folder is checked first (read_meta), then the base is resolved from lingo.json (or `base_model`)
+    and verified against the recorded sha256. Every problem is an AdapterError naming the file and key.
+    Only JSON and safetensors are read; nothing is unpickled.
     """
     from lingo_core.modeling import load_classifier, load_tokenizer
     from lingo_core.tokenization import LingoTokenizer
 
     path = Path(path)
-    meta_file = path / "lingo.json"
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"{path} is not a Lingo export: lingo.json missing")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{meta_file}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
-    ref = _resolve_base(meta, base_model)
-    model = load_classifier(ref, meta["num_labels"])
-    method = meta["method"]
-    if method in PEFT_METHODS:
-        from peft import PeftModel
-
-        with warnings.catch_warnings():
-            # AdaLoRA keys rank_pattern by parameter ('...q_proj.lora_E'), which PEFT's generic LoRA-style
-            # pattern check reports as unmatched; the pattern is still applied (resize on state-dict load).
-            warnings.filterwarnings("ignore", message="The following rank_pattern keys did not match")
-            model = PeftModel.from_pretrained(model, str(path))
-    if method == "full":
-        load_model(model, str(path / "model.safetensors"))  # strict: any missing/extra tensor raises
-    else:
-        head_module(model).load_state_dict(load_file(str(path / "head.safetensors")))
-    model.eval()
+    meta = read_meta(path)
+    ref = resolve_base(meta, base_model, path / "lingo.json")
+    model = apply_adapter(load_classifier(ref, meta["num_labels"]), path, meta)
     tok = LingoTokenizer(load_tokenizer(ref), mode=meta["tokenization"], max_length=meta["max_length"])
     return model, tok, meta

@@ -19,8 +19,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from lingo_core.cliparse import ArgumentParser
 from lingo_core.data.loading import DataError
 from lingo_core.data.task import UnknownTaskError
+from lingo_core.storage import StorageError
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners.config import AdapterSettings
 
@@ -104,7 +106,7 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="lingo train",
         usage="%(prog)s [--config FILE] [--FIELD VALUE ...] [--adapter.FIELD VALUE ...] [key=value ...]",
         description="Fine-tune an LM on one GUE task with an adapter; writes the adapter folder, plots and "
@@ -171,8 +173,9 @@ def _yaml(text: str, path: Path) -> Any:
         raise ValueError(f"{path}{where}: not valid YAML ({problem}); expected a mapping of TrainConfig fields") from e
 
 
-# Raised by train() before it writes anything, for inputs the user named (task, data root, data files, model).
-USER_ERRORS = (UnknownTaskError, DataError, FileNotFoundError, NotADirectoryError)
+# Raised by train() before it writes anything, for inputs the user named (task, data root, data files, model),
+# and StorageError: a write that failed (full disk), which leaves nothing half-written.
+USER_ERRORS = (UnknownTaskError, DataError, FileNotFoundError, NotADirectoryError, StorageError)
 
 
 def summary_line(result) -> str:

@@ -12,11 +12,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from lingo_core.cliparse import ArgumentParser, fail
+
 USAGE = __doc__.split("\n\n", 1)[1]
 
 
 def tune_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lingo tune", description="Run a multi-task tuning sweep on Ray.")
+    p = ArgumentParser(prog="lingo tune", description="Run a multi-task tuning sweep on Ray.")
     p.add_argument("job", help="job spec YAML, e.g. jobs/default.yaml")
     p.add_argument("overrides", nargs="*", help="key=value job-spec overrides, e.g. train.epochs=2 seeds=[0,1]")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this job")
@@ -77,8 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lingo_core.data.report import main as report_main
 
         return report_main(rest[1:])
-    print(f"lingo: unknown command {command!r}\nusage:\n{USAGE}", file=sys.stderr)
-    return 2
+    commands = [line.split()[1] for line in USAGE.splitlines() if line.strip().startswith("lingo ")]
+    return fail("lingo", f"unknown command {command!r}; expected one of {', '.join(commands)} (see lingo --help)")
 
 
 if __name__ == "__main__":

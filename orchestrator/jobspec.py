@@ -19,6 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from lingo_core.selection import SELECTION
 from orchestrator.specfields import FieldError, build, coerce, load_yaml, suggest
@@ -190,6 +191,15 @@ class MlflowSpec:
     allow_chance_champion: bool = False
     """A version whose dev MCC is <= 0 (no better than chance: e.g. it predicts one class) is registered
     but never made `champion`; true lets it take the alias (still only if it beats the incumbent)."""
+
+    def __post_init__(self) -> None:
+        # A secret in the URI would be logged as the parent run's `mlflow.tracking_uri` param, written into
+        # job.json and shown by --dry-run; MLflow reads credentials from the environment instead.
+        if self.tracking_uri and urlsplit(self.tracking_uri).username is not None:  # user:secret@ or token@
+            raise FieldError("tracking_uri", "contains credentials (user:secret@ or token@ before the host); "
+                             "expected a URI without credentials: set MLFLOW_TRACKING_TOKEN (or "
+                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD) in the environment, never "
+                             "in the job spec")
 
 
 @dataclass

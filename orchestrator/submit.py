@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from lingo_core.cliparse import ArgumentParser
 from orchestrator.jobspec import JobSpecError, load_job, read_job_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +134,7 @@ def _env_pair(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lingo submit", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="lingo submit", description=__doc__.splitlines()[0])
     p.add_argument("job", help="job spec YAML inside the repository, e.g. jobs/gue_all.yaml")
     p.add_argument("overrides", nargs="*", help="key=value job-spec overrides, e.g. train.epochs=2")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS", DEFAULT_ADDRESS),

@@ -89,7 +89,10 @@ class FastaRecords:
 def _open_text(path: Path) -> str:
     from lingo_core.data.loading import DataError
 
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror}); expected a readable FASTA file") from exc
     if path.name.endswith(".gz"):
         try:
             raw = gzip.decompress(raw)
@@ -100,7 +103,9 @@ def _open_text(path: Path) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc}); expected a FASTA file") from exc
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); expected a FASTA text "
+                        "file") from exc
 
 
 def header_label(header: str) -> str | None:

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lingo_core.cliparse import ArgumentParser
 from lingo_core.data.loading import DataError, load_split
 from lingo_core.data.task import SPLITS, TaskRegistry, TaskSpec, UnknownTaskError
 
@@ -292,7 +293,7 @@ def check_out_dir(out: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lingo data report", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="lingo data report", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--root", type=Path, default=None, help="data root (default: $LINGO_DATA_ROOT or ../shared/data/gue)"
     )

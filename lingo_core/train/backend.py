@@ -100,6 +100,28 @@ def frozen_to_bf16(model: nn.Module, trainable: set[int]) -> None:
             p.data = p.data.to(torch.bfloat16)
 
 
+def optimizer_to_files(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """A torch optimizer state_dict -> (tensors "state.<param index>.<name>", JSON-able rest)."""
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        scalars[str(idx)] = {}
+        for name, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{idx}.{name}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[str(idx)][name] = v
+    return tensors, {"state": scalars, "param_groups": sd["param_groups"]}
+
+
+def optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """Inverse of optimizer_to_files (JSON turns tuples such as AdamW's betas into lists; torch accepts both)."""
+    state: dict[int, dict] = {int(i): dict(v) for i, v in meta["state"].items()}
+    for key, t in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = t
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
 class TorchBackend:
     """Single process, one device. On a bf16-capable GPU: frozen weights in bf16, trainable ones and the
     optimizer in fp32, forward under bf16 autocast, fused AdamW. On CPU: everything fp32."""
@@ -216,20 +238,20 @@ class TorchBackend:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file(self.trainable_state(), str(path / "trainable.safetensors"))
-        # The optimizer state (nested dict of tensors + ints) is only ever read back by load_checkpoint,
-        # never handed to users; torch.save is acceptable here because we load it with weights_only=True,
-        # which refuses arbitrary pickled objects.
-        torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
+        # The optimizer state as safetensors + JSON, never a pickle: a checkpoint folder is data only.
+        tensors, meta = optimizer_to_files(self.optimizer.state_dict())
+        save_file(tensors, str(path / "optimizer.safetensors"))
         sched = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
-        (path / "backend_state.json").write_text(json.dumps({"scheduler": sched, "micro": self._micro}))
+        (path / "backend_state.json").write_text(json.dumps({"scheduler": sched, "micro": self._micro,
+                                                             "optimizer": meta}))
 
     def load_checkpoint(self, path: Path) -> None:
         assert self.optimizer is not None and self.scheduler is not None, "call prepare() first"
         path = Path(path)
         self.load_trainable_state(load_file(str(path / "trainable.safetensors")))
-        opt = torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True)
-        self.optimizer.load_state_dict(opt)
         state = json.loads((path / "backend_state.json").read_text())
+        tensors = load_file(str(path / "optimizer.safetensors"))  # CPU: torch moves state to the params (and keeps "step" on CPU)
+        self.optimizer.load_state_dict(optimizer_from_files(tensors, state["optimizer"]))
         sched = self.scheduler.state_dict()
         sched.update(state["scheduler"])
         self.scheduler.load_state_dict(sched)

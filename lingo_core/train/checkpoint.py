@@ -6,12 +6,16 @@ Layout of `step-NNNNNNN/`:
   best_trainable.safetensors     the dev-selected trainable weights so far (rank 0)
   controller.rank<R>.safetensors the rank controller's state (ars/adalora), one per rank: under ZeRO each
                                  rank keeps importance statistics for the slice of the adapter it owns
+  MANIFEST.sha256.json           sha256 + size of every file above, written last (lingo_core.storage)
+
+Resuming verifies the manifest first; a damaged newest checkpoint falls back to the previous intact one.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -19,8 +23,18 @@ import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from lingo_core.storage import (
+    MANIFEST,
+    IntegrityError,
+    is_write_failure,
+    replace_dir,
+    storage_error,
+    verify_manifest,
+    write_manifest,
+)
+
 TRAINER_STATE = "trainer_state.json"
-"""The checkpoint's bookkeeping file; its presence marks a complete checkpoint folder."""
+"""The checkpoint's bookkeeping file (step, best-so-far, config)."""
 
 
 def checkpoint_step(path: str | Path) -> int:
@@ -50,39 +64,119 @@ def _controller_from_tensors(tensors: dict[str, torch.Tensor], kinds: dict[str, 
     return {k: (t if kinds[k] == "tensor" else cast[kinds[k]](t.item())) for k, t in tensors.items()}
 
 
+KEEP = 2
+"""Checkpoint folders kept under a root: the newest, and the previous one to fall back to when the newest
+turns out damaged."""
+
+
+class CheckpointError(ValueError):
+    """No intact checkpoint to resume from; the message names the damaged file and what was expected."""
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was skipped and an older intact one used instead."""
+
+
 def save_checkpoint(root: Path, step: int, backend, controller, state: dict, best_state) -> Path:
     """All ranks call (backend shards). Each node's local rank 0 owns that node's folder (nodes need not
-    share a disk); global rank 0 adds the trainer files. temp dir + rename: a crash never leaves a
-    half-written checkpoint under its final name."""
+    share a disk); global rank 0 adds the trainer files. Written as temp dir, then the sha256 manifest
+    (last), then the rename: a crash or a full disk never leaves a half-written checkpoint under its
+    final name, and the previous checkpoint stays until the new one is complete."""
+    root = Path(root)
     final, tmp = root / f"step-{step:07d}", root / f".tmp-step-{step:07d}"
     node_leader = backend.local_rank == 0
+    try:
+        if node_leader:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        backend.save_checkpoint(tmp / "backend")
+        if controller is not None:
+            tensors, kinds = _controller_to_tensors(controller.state_dict())
+            save_file(tensors, str(tmp / _controller_file(backend.rank)), metadata={"kinds": json.dumps(kinds)})
+        if backend.rank == 0:
+            (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=1))
+            if best_state is not None:
+                save_file(best_state, str(tmp / "best_trainable.safetensors"))
+        _barrier()  # every rank's shards are in tmp before the manifest is taken and the folder renamed
+        if node_leader:
+            write_manifest(tmp)
+            replace_dir(tmp, final)
+    except Exception as e:
+        if node_leader:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not is_write_failure(e):
+            raise
+        raise storage_error(f"checkpoint of step {step} (the previous one is kept)", final, e) from e
     if node_leader:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier()
-    backend.save_checkpoint(tmp / "backend")
-    if controller is not None:
-        tensors, kinds = _controller_to_tensors(controller.state_dict())
-        save_file(tensors, str(tmp / _controller_file(backend.rank)), metadata={"kinds": json.dumps(kinds)})
-    if backend.rank == 0:
-        (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=1))
-        if best_state is not None:
-            save_file(best_state, str(tmp / "best_trainable.safetensors"))
-    _barrier()  # every rank's shards are in tmp before it takes its final name
-    if node_leader:
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in root.glob("step-*"):  # keep only the newest: hooks (Ray) persist what they need
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+        # Keep the newest KEEP: hooks (Ray) persist what they need, and the one before the newest is the
+        # fallback should the newest be damaged later.
+        for old in sorted(root.glob("step-*"))[:-KEEP]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in root.glob(".tmp-step-*"):  # left by an earlier crash; every rank is past its writes
+            shutil.rmtree(stale, ignore_errors=True)
     _barrier()
     return final
 
 
-def load_checkpoint(path: Path, backend, controller) -> tuple[dict, dict | None]:
+def _candidates(path: Path) -> list[Path]:
+    """`path` first, then the other checkpoint folders beside it (Ray's storage or our `checkpoints/`
+    root), newest step first; a root folder given itself yields its checkpoints."""
+    if (path / MANIFEST).is_file() or (path / TRAINER_STATE).is_file():
+        siblings = [p for p in path.parent.iterdir() if p.is_dir() and p != path]
+        first = [path]
+    else:
+        siblings, first = ([p for p in path.iterdir() if p.is_dir()] if path.is_dir() else []), []
+    steps = []
+    for p in siblings:
+        if p.name.startswith(".") or not (p / MANIFEST).is_file():
+            continue  # temporary or incomplete: never a candidate
+        try:
+            steps.append((checkpoint_step(p), p))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable bookkeeping: damaged, skip it
+    return first + [p for _, p in sorted(steps, key=lambda sp: sp[0], reverse=True)]
+
+
+def usable_checkpoint(path: str | Path) -> Path:
+    """The checkpoint to resume from: `path` when its files match its manifest, else the newest intact
+    one beside it (with a CheckpointWarning naming what was wrong). CheckpointError when none is intact."""
     path = Path(path)
-    if not (path / TRAINER_STATE).is_file():
-        raise FileNotFoundError(f"resume_from={path}: no trainer_state.json; expected a checkpoint dir step-*")
+    problems = []
+    for cand in _candidates(path):
+        try:
+            verify_manifest(cand)
+        except IntegrityError as e:
+            problems.append(str(e))
+            continue
+        if problems:
+            warnings.warn(f"checkpoint {path} is damaged ({problems[0]}); resuming from {cand} instead",
+                          CheckpointWarning, stacklevel=2)
+        return cand
+    if not problems:
+        raise CheckpointError(f"resume_from={path}: no checkpoint here; expected a step-* folder with "
+                              f"{TRAINER_STATE} and {MANIFEST}")
+    raise CheckpointError(f"resume_from={path}: no intact checkpoint: {problems[0]}"
+                          + (f" (and {len(problems) - 1} older damaged)" if len(problems) > 1 else ""))
+
+
+def _agree(path: Path) -> None:
+    """Every rank must resume from the same step (nodes verify their own copies)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    step = checkpoint_step(path)
+    steps: list = [None] * dist.get_world_size()
+    dist.all_gather_object(steps, step)
+    if len(set(steps)) != 1:
+        raise CheckpointError(f"ranks found different intact checkpoints (steps {steps}); expected one step "
+                              "for all: the nodes' checkpoint copies differ")
+
+
+def load_checkpoint(path: Path, backend, controller) -> tuple[dict, dict | None]:
+    """Restore backend, controller and trainer state from the newest intact checkpoint at `path` (see
+    usable_checkpoint). Only safetensors and JSON files of our own are read here."""
+    path = usable_checkpoint(path)
+    _agree(path)
     backend.load_checkpoint(path / "backend")
     state = json.loads((path / TRAINER_STATE).read_text())
     if controller is not None:
