@@ -298,7 +298,7 @@ def replay_all(root: str | Path, tracking_uri: str, timeout_s: float) -> int:
     """Send what any journal under `root` still holds (trial drivers that died before their drain).
     Returns how many records are still unsent."""
     left = 0
-    for meta in sorted(Path(root).glob(f"**/{JOURNAL_DIR}/run.json")):  # any depth: search.py owns the layout
+    for meta in _journals(Path(root)):
         run = json.loads(meta.read_text())
         j = RunJournal(meta.parent, tracking_uri, run["run_id"])
         if j.pending():
@@ -306,6 +306,18 @@ def replay_all(root: str | Path, tracking_uri: str, timeout_s: float) -> int:
             j.drain(timeout_s)
         left += j.pending()
     return left
+
+
+def _journals(root: Path) -> list[Path]:
+    """run.json of every journal under root, at any depth (search.py owns the layout). A walk that skips
+    checkpoint folders: they are large, and temp folders in them may vanish mid-walk."""
+    found = []
+    for folder, dirs, _ in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in ("checkpoints", "ray", "mlruns", JOURNAL_DIR)]
+        meta = Path(folder) / JOURNAL_DIR / "run.json"
+        if meta.is_file():
+            found.append(meta)
+    return sorted(found)
 
 
 def open_for_run(trial_output_dir: str | Path, tracking_uri: str, run_id: str) -> RunJournal:
