@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,6 +212,29 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+class _InterruptProbe:
+    """Was fit() ended by Ctrl-C? Ray Tune's SIGINT handler saves the experiment state, ends fit() without
+    an exception, and puts back the handler it found (this probe's); it is left in place otherwise. The
+    ResultGrid's trial counts did not show the interruption in test_interrupt, this does."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._before = None
+
+    def _handler(self, sig: int, frame: Any) -> None:  # reached only on a second Ctrl-C: abort as usual
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _InterruptProbe:
+        if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+            self._before = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._before is not None:
+            self.interrupted = signal.getsignal(signal.SIGINT) == self._handler
+            signal.signal(signal.SIGINT, self._before)
+
+
 def run_sweep(job: JobSpec, resume: bool = False, address: str | None = None) -> SweepResult:
     import ray
 
@@ -228,11 +253,12 @@ def run_sweep(job: JobSpec, resume: bool = False, address: str | None = None) ->
     started, concurrency = _init_ray(job, address)
     if job.max_concurrent_trials and concurrency < job.max_concurrent_trials:
         print(f"max_concurrent_trials {job.max_concurrent_trials} -> {concurrency}: that many trials' workers fit")
+    probe = _InterruptProbe()
     try:
-        grid = _tuner(job, ctx, resume, min(concurrency, job.max_concurrent_trials or concurrency)).fit()
+        with probe:
+            grid = _tuner(job, ctx, resume, min(concurrency, job.max_concurrent_trials or concurrency)).fit()
         errors = grid.num_errors
-        # Tune's SIGINT handler ends fit() early and saves the experiment state: unfinished trials remain
-        interrupted = grid.num_terminated + grid.num_errors < len(grid)
+        interrupted = probe.interrupted or grid.num_terminated + grid.num_errors < len(grid)
     except BaseException:
         c.set_terminated(parent, "FAILED")
         raise
