@@ -53,6 +53,8 @@ def tune_main(argv: Sequence[str]) -> int:
     except SweepError as e:
         print(f"lingo tune: error: {e}", file=sys.stderr)
         return 2
+    if result.interrupted:
+        return 130  # the shell's code for "ended by SIGINT"
     return 1 if result.errors else 0
 
 

@@ -232,6 +232,10 @@ class JobSpec:
     num_samples: int = 1  # random draws per (task, method, seed[, grid point]) cell
     search_seed: int | None = 0  # fixed: the same job file draws the same hyperparameters; None = fresh
     max_concurrent_trials: int | None = None  # None -> as many as the resources allow
+    max_failures: int = 2
+    """Worker-group restarts per trial (a killed worker, a raised error), each from the trial's latest
+    checkpoint; then the trial fails (FAILED in MLflow and the summary) and the sweep goes on. Two
+    covers a transient fault without looping on a deterministic bug; -1 retries forever."""
     train: dict = field(default_factory=dict)  # TrainConfig defaults of every trial (nested like TrainConfig)
     search: dict = field(default_factory=dict)  # method | "all" -> {TrainConfig dotted path: value | Dist}
     budgets: dict = field(default_factory=dict)  # "default" | task name/glob -> BudgetSpec | "derived"
@@ -255,6 +259,8 @@ class JobSpec:
             raise FieldError("tokenization", f"expected 'bbpe' or 'onehot', got {self.tokenization!r}")
         if self.num_samples < 1:
             raise FieldError("num_samples", f"must be >= 1, got {self.num_samples}")
+        if self.max_failures < -1:
+            raise FieldError("max_failures", f"must be >= -1 (-1: retry forever), got {self.max_failures}")
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise FieldError("max_concurrent_trials", f"must be >= 1, got {self.max_concurrent_trials}")
         if self.output_dir is None:

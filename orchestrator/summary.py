@@ -149,14 +149,27 @@ def plot_summary(rows: Sequence[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_summary(results: Sequence[dict], out_dir: str | Path, echo: bool = True) -> dict[str, Path]:
+def render_not_finished(trials: Sequence[dict]) -> str:
+    """The trials that are missing from the table and why (FAILED beyond retries, KILLED), so a
+    failed trial is never silently absent from the summary."""
+    if not trials:
+        return ""
+    lines = ["", "Trials that did not finish (not in the table above):", "",
+             "| task | method | seed | status | MLflow run |", "|---|---|---|---|---|"]
+    lines += [f"| {t['task']} | {t['method']} | {t['seed']} | {t['status']} | {t['run_id']} |" for t in trials]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(results: Sequence[dict], out_dir: str | Path, echo: bool = True,
+                  not_finished: Sequence[dict] = ()) -> dict[str, Path]:
     """Write summary.md / summary.parquet / summary.png into out_dir; returns {"md", "parquet", "png"}.
-    ``echo`` prints the Markdown table (what `lingo tune` shows at the end of a sweep)."""
+    ``echo`` prints the Markdown table (what `lingo tune` shows at the end of a sweep); ``not_finished``
+    (task, method, seed, status, run_id dicts) are listed below it."""
     rows = summary_table(results)
     if not rows:
         raise ValueError(f"no result with finite {SELECTION.dev_key} and test_mcc among {len(results)} trial result(s)")
     out = Path(out_dir)
-    text = render_markdown(rows)
+    text = render_markdown(rows) + render_not_finished(not_finished)
     schema = pa.schema([("task", pa.string()), ("method", pa.string()), ("n_seeds", pa.int64()),
                         ("test_mcc_mean", pa.float64()), ("test_mcc_std", pa.float64()),
                         ("dev_mcc_mean", pa.float64())])

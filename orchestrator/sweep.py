@@ -8,19 +8,22 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lingo_core.selection import SELECTION
-from orchestrator import tracking
+from orchestrator import journal, tracking
 from orchestrator.jobspec import JobSpec
-from orchestrator.trial import TRIAL_CPU, SweepContext, run_trial
+from orchestrator.trial import TRACKING_WAIT_S, TRIAL_CPU, SweepContext, run_trial
 
 # Environment every Ray worker needs, forwarded from the driver when set (defaults below otherwise).
 FORWARD_ENV = ("LINGO_DATA_ROOT", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HOME", "HF_HUB_OFFLINE",
                "TOKENIZERS_PARALLELISM", "MLFLOW_DISABLE_TELEMETRY", "RAY_TRAIN_V2_ENABLED",
-               "LINGO_FAULT_KILL_AFTER_CHECKPOINT", "OMP_NUM_THREADS")
+               "LINGO_FAULT_KILL_AFTER_CHECKPOINT", "LINGO_FAULT_FAIL_TASK", "OMP_NUM_THREADS",
+               "LINGO_TRACKING_WAIT_S", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STATE_FILE = "sweep.json"  # parent run id of the sweep in its output folder: `--resume` continues that run
 
@@ -40,6 +43,7 @@ class SweepResult:
     registrations: dict[str, tracking.Registration] = field(default_factory=dict)  # task -> registration
     summary: dict[str, Path] = field(default_factory=dict)  # md / parquet / png
     errors: int = 0  # trials that ended in an error
+    interrupted: bool = False  # stopped by Ctrl-C: nothing registered; `lingo tune --resume` continues
 
 
 def worker_env(job: JobSpec) -> dict[str, str]:
@@ -208,6 +212,29 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+class _InterruptProbe:
+    """Was fit() ended by Ctrl-C? Ray Tune's SIGINT handler saves the experiment state, ends fit() without
+    an exception, and puts back the handler it found (this probe's); it is left in place otherwise. The
+    ResultGrid's trial counts did not show the interruption in test_interrupt, this does."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._before = None
+
+    def _handler(self, sig: int, frame: Any) -> None:  # reached only on a second Ctrl-C: abort as usual
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _InterruptProbe:
+        if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+            self._before = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._before is not None:
+            self.interrupted = signal.getsignal(signal.SIGINT) == self._handler
+            signal.signal(signal.SIGINT, self._before)
+
+
 def run_sweep(job: JobSpec, resume: bool = False, address: str | None = None) -> SweepResult:
     import ray
 
@@ -226,26 +253,42 @@ def run_sweep(job: JobSpec, resume: bool = False, address: str | None = None) ->
     started, concurrency = _init_ray(job, address)
     if job.max_concurrent_trials and concurrency < job.max_concurrent_trials:
         print(f"max_concurrent_trials {job.max_concurrent_trials} -> {concurrency}: that many trials' workers fit")
+    probe = _InterruptProbe()
     try:
-        grid = _tuner(job, ctx, resume, min(concurrency, job.max_concurrent_trials or concurrency)).fit()
-        errors = sum(1 for r in grid if r.error is not None)
+        with probe:
+            grid = _tuner(job, ctx, resume, min(concurrency, job.max_concurrent_trials or concurrency)).fit()
+        errors = grid.num_errors
+        interrupted = probe.interrupted or grid.num_terminated + grid.num_errors < len(grid)
     except BaseException:
         c.set_terminated(parent, "FAILED")
         raise
     finally:
         if started:
             ray.shutdown()
-    trials = collect_trials(c, exp, parent)
+    # what trial drivers could not send (killed with the sweep, or tracking still down at their end)
+    left = journal.replay_all(job.output_dir, uri, TRACKING_WAIT_S)
+    if left:
+        print(f"tracking: {left} record(s) still unsent; they stay in the trials' {journal.JOURNAL_DIR}/ "
+              "folders and are sent by the next `lingo tune --resume`")
+    trials = journal.patient(lambda: collect_trials(c, exp, parent), TRACKING_WAIT_S)
     for t in trials:  # stopped by ASHA or killed with the driver: the worker never closed the run
         if t["status"] == "RUNNING":
             c.set_terminated(t["run_id"], "KILLED")
             t["status"] = "KILLED"
-    result = SweepResult(job.name, uri, exp, parent, Path(job.output_dir), trials, errors=errors)
+    result = SweepResult(job.name, uri, exp, parent, Path(job.output_dir), trials, errors=errors,
+                         interrupted=interrupted)
+    if interrupted:
+        # No registration or summary from a partial sweep: --resume would register its trials again.
+        c.set_terminated(parent, "KILLED")
+        print(f"interrupted: {len(grid) - grid.num_terminated - grid.num_errors} trial(s) unfinished; "
+              f"continue with `lingo tune <job> --resume` (MLflow: {uri}, parent run {parent})")
+        return result
     if job.mlflow.register:
         result.registrations = register(c, job, trials)
     rows = [t for t in trials if t["status"] == "FINISHED"]
     try:
-        result.summary = write_summary(rows, job.output_dir)
+        result.summary = write_summary(rows, job.output_dir,
+                                       not_finished=[t for t in trials if t["status"] != "FINISHED"])
         tracking.log_artifacts(c, parent, [(p, "summary") for p in result.summary.values()])
     except ValueError as e:  # no finished trial: nothing to summarise
         print(f"no summary: {e}")

@@ -30,7 +30,7 @@ TRIAL_TAG = "lingo.trial_id"  # finds a trial's child run again when the trial r
 SWEEP_TAG = "lingo.sweep"
 CHANCE_TAG = "lingo.at_chance"  # version tag: dev MCC no better than chance (kept from champion by default)
 _MAX_BATCH = 100  # MLflow's log_batch limit for params (and a safe chunk for metrics)
-_PARAM_MAX = 6000  # MLflow's param value length limit
+PARAM_MAX = 6000  # MLflow's param value length limit
 T = TypeVar("T")
 
 
@@ -123,7 +123,7 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def log_params(c: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     """Flattened params; values as text. Re-logging an equal value is fine (resumed trials)."""
-    items = [Param(k, str(v)[:_PARAM_MAX]) for k, v in flatten(params).items()]
+    items = [Param(k, str(v)[:PARAM_MAX]) for k, v in flatten(params).items()]
     for i in range(0, len(items), _MAX_BATCH):
         retry(lambda chunk=items[i:i + _MAX_BATCH]: c.log_batch(run_id, params=chunk))
 
@@ -147,7 +147,7 @@ def log_metrics(c: MlflowClient, run_id: str, metrics: Mapping[str, Any], step: 
 
 
 def set_tags(c: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
-    retry(lambda: c.log_batch(run_id, tags=[RunTag(k, str(v)[:_PARAM_MAX]) for k, v in tags.items()]))
+    retry(lambda: c.log_batch(run_id, tags=[RunTag(k, str(v)[:PARAM_MAX]) for k, v in tags.items()]))
 
 
 def log_artifacts(c: MlflowClient, run_id: str, paths: Iterable[tuple[str | Path, str | None]]) -> None:

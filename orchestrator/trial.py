@@ -5,16 +5,19 @@ Tune through `TuneReportCallback`)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Worker-group restarts per trial (e.g. a killed or preempted worker): each restart resumes from the
-# last reported checkpoint. Two covers a transient fault without looping on a deterministic bug.
-MAX_WORKER_FAILURES = 2
+# Worker-group restarts per trial (a killed worker, a raised error) come from the job's `max_failures`
+# (jobspec.py); each restart resumes from the last reported checkpoint.
 # Restarts of the Train controller itself; it is light and failures there are infrastructure hiccups.
 CONTROLLER_FAILURE_LIMIT = 1
 TRIAL_CPU = 0.1  # the driver only waits on the worker group; Ray rejects a 0-CPU Tune trial
+# How long a trial driver waits for an unreachable tracking server, to create its run before training
+# and to send what the workers' journal still holds after it. Training itself never waits for it.
+TRACKING_WAIT_S = float(os.environ.get("LINGO_TRACKING_WAIT_S", "900"))
 
 
 @dataclass
@@ -44,7 +47,7 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from orchestrator import tracking
+    from orchestrator import journal, tracking
     from orchestrator.worker import train_worker_fn
 
     job = ctx.job
@@ -52,10 +55,10 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
     cell = config["cell"]
     cfg = trial_config(job, config, trial_id)
     c = tracking.client(ctx.tracking_uri)
-    run_id = tracking.find_or_create_child(
+    run_id = journal.patient(lambda: tracking.find_or_create_child(
         c, ctx.experiment_id, ctx.parent_run_id, trial_id,
         run_name=f"{cell['task']}/{cell['method']}/seed{cell['seed']}/{trial_id}",
-        tags={"task": cell["task"], "method": cell["method"], "seed": str(cell["seed"])})
+        tags={"task": cell["task"], "method": cell["method"], "seed": str(cell["seed"])}), TRACKING_WAIT_S)
     res = job.resources
     per_worker = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker > 0:
@@ -75,14 +78,25 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
         run_config=RunConfig(
             name=f"train-{trial_id}",  # stable across `--resume`: Train V2 restores the run of this name
             storage_path=ctx.storage_path,
-            failure_config=FailureConfig(max_failures=MAX_WORKER_FAILURES,
+            failure_config=FailureConfig(max_failures=job.max_failures,
                                          controller_failure_limit=CONTROLLER_FAILURE_LIMIT),
             callbacks=[TuneReportCallback()],
         ),
     )
+    failure: BaseException | None = None
     try:
         trainer.fit()
-    except BaseException as e:
-        tracking.set_tags(c, run_id, {"lingo.error": f"{type(e).__name__}: {e}"[:5000]})
-        c.set_terminated(run_id, "FAILED")
+    except Exception as e:  # beyond the retries (a Ctrl-C / Tune stop is no failure: --resume continues it)
+        failure = e
         raise
+    finally:
+        # The worker group is gone after fit(): this driver is now the journal's only writer (read back
+        # only now: the workers wrote it). It records a failure beyond the retries and sends what the
+        # workers could not (tracking down at their end); training is over, so waiting here is harmless.
+        j = journal.open_for_run(cfg.output_dir, ctx.tracking_uri, run_id)
+        if failure is not None:
+            j.tags({"lingo.error": f"{type(failure).__name__}: {failure}"[:5000]})
+            j.status("FAILED")
+        j.commit()  # no attempt is left to log these steps again
+        if not j.drain(TRACKING_WAIT_S):
+            print(f"tracking unreachable: {j.pending()} record(s) left in {j.folder} for the next replay")

@@ -24,9 +24,16 @@ from lingo_core.selection import SELECTION
 from lingo_core.train.backend import TorchBackend, linear_warmup_decay
 from lingo_core.tuners.ars.shards import Shard, ShardAccess, WholeParams
 
-# Fault injection for the resume test: when set to a path, rank 0 SIGKILLs its own process right after
-# the first checkpoint it reports, once (the marker file makes the retry run through).
+# Fault injection for the resume test: when set to a path, rank 0 SIGKILLs its own process at the first
+# log step after the first checkpoint it reports, once (the marker file makes the retry run through):
+# mid-epoch, with metrics logged after the checkpoint that the retry logs again.
 KILL_ENV = "LINGO_FAULT_KILL_AFTER_CHECKPOINT"
+# Fault injection for the failed-trial test: every attempt of a trial of this task raises at start-up,
+# so the trial fails beyond its retries.
+FAIL_TASK_ENV = "LINGO_FAULT_FAIL_TASK"
+# How long a finishing worker tries to send what its journal still holds; the rest is the trial
+# driver's to send (orchestrator/trial.py), so a tracking outage never holds a worker's resources.
+WORKER_DRAIN_S = 10.0
 
 
 @dataclass
@@ -270,6 +277,7 @@ class RayTrainHooks:
     def __init__(self, rank: int, local_rank: int, logger: _RunLogger | None, rank_method: bool) -> None:
         self.rank, self.local_rank, self.logger, self.rank_method = rank, local_rank, logger, rank_method
         self.reports = 0
+        self._kill_armed = False
 
     def on_log(self, step: int, logs: dict) -> None:
         # Metrics only, and only to MLflow: a Tune result without SELECTION's metric would fail Tune's metric
@@ -281,6 +289,9 @@ class RayTrainHooks:
             m.update(rank_budget=logs.get("budget"), active_ranks=logs.get("active_ranks"),
                      regrown=logs.get("regrown"), dropped=logs.get("dropped"))
         self.logger.metrics(m, step)
+        if self._kill_armed:
+            Path(os.environ[KILL_ENV]).write_text(f"killed pid {os.getpid()} at step {step}\n")
+            os.kill(os.getpid(), signal.SIGKILL)  # a real process death, not an exception
 
     def on_evaluate(self, event: Any) -> None:
         import ray.train
@@ -297,13 +308,16 @@ class RayTrainHooks:
             checkpoint = ray.train.Checkpoint.from_directory(str(local))
         ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=False)
         self.reports += 1
+        if self.logger is not None and event.checkpoint_dir is not None:
+            # The checkpoint of this step is reported: a restart resumes here or later, so the metrics up
+            # to it are final and may reach MLflow (later ones wait: a restart may log them again).
+            self.logger.commit(event.step)
         marker = os.environ.get(KILL_ENV)
         if marker and self.rank == 0 and event.checkpoint_dir is not None and not Path(marker).exists():
             # The Train controller collects reports by polling the workers (every 2 s by default); dying
             # before that poll would lose this checkpoint, so give it three polls first.
             time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
-            Path(marker).write_text(f"killed pid {os.getpid()} after step {event.step}\n")
-            os.kill(os.getpid(), signal.SIGKILL)  # a real process death, not an exception
+            self._kill_armed = True
 
 
 def _local_checkpoint_dir(path: Path | None) -> Path | None:
@@ -311,28 +325,35 @@ def _local_checkpoint_dir(path: Path | None) -> Path | None:
 
 
 class _RunLogger:
-    """Rank 0's view of the trial's MLflow child run (created by the trial driver)."""
+    """Rank 0's writes to the trial's MLflow child run (created by the trial driver). They go through the
+    trial's journal (orchestrator/journal.py): fsynced locally, sent in the background, so a tracking
+    outage never blocks or fails training."""
 
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
-        from orchestrator import tracking
+    def __init__(self, tracking_uri: str, run_id: str, trial_dir: Path, resumed_step: int) -> None:
+        from orchestrator import journal
 
-        self.t, self.run_id = tracking, run_id
-        self.c = tracking.client(tracking_uri)
+        self.j = journal.open_for_run(trial_dir, tracking_uri, run_id)
+        self.j.restart(resumed_step)  # a previous attempt's unsent tail after the checkpoint is void
+        self.j.start()
 
     def params(self, params: dict) -> None:
-        self.t.log_params(self.c, self.run_id, params)
+        self.j.params(params)
 
     def metrics(self, metrics: dict, step: int) -> None:
-        self.t.log_metrics(self.c, self.run_id, metrics, step)
+        self.j.metrics(metrics, step)
+
+    def commit(self, step: int) -> None:
+        self.j.commit(step)
 
     def tags(self, tags: dict) -> None:
-        self.t.set_tags(self.c, self.run_id, tags)
+        self.j.tags(tags)
 
     def artifacts(self, pairs: list[tuple[Path, str | None]]) -> None:
-        self.t.log_artifacts(self.c, self.run_id, pairs)
+        self.j.artifacts(pairs)
 
     def finish(self, status: str) -> None:
-        self.c.set_terminated(self.run_id, status)
+        self.j.status(status)
+        self.j.drain(WORKER_DRAIN_S)
 
 
 def _log_result(logger: _RunLogger, result: Any, out_dir: Path) -> None:
@@ -383,18 +404,22 @@ def train_worker_fn(config: dict) -> None:
     cfg = TrainConfig.from_dict(config["train"])
     ctx = ray.train.get_context()
     rank, local_rank = ctx.get_world_rank(), ctx.get_local_rank()
+    trial = config.get("trial", {})
+    if os.environ.get(FAIL_TASK_ENV) and os.environ[FAIL_TASK_ENV] == trial.get("task"):
+        raise RuntimeError(f"{FAIL_TASK_ENV}={trial['task']}: injected start-up failure")
     backend = build_backend(cfg, config.get("deepspeed"))
     ml = config.get("mlflow") or None
-    logger = _RunLogger(ml["tracking_uri"], ml["run_id"]) if ml and rank == 0 else None
-    hooks = RayTrainHooks(rank, local_rank, logger, cfg.adapter.method in RANK_METHODS)
 
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as resume_dir:
         resumed_step = 0
         if resume_dir is not None:
             resumed_step = checkpoint_step(resume_dir)
+        logger = (_RunLogger(ml["tracking_uri"], ml["run_id"], Path(cfg.output_dir), resumed_step)
+                  if ml and rank == 0 else None)
+        hooks = RayTrainHooks(rank, local_rank, logger, cfg.adapter.method in RANK_METHODS)
         if logger is not None:
-            logger.params({**config.get("trial", {}), "train": cfg.to_dict(), "world_size": backend.world_size,
+            logger.params({**trial, "train": cfg.to_dict(), "world_size": backend.world_size,
                            "deepspeed": {"zero_stage": backend.settings.zero_stage}
                            if isinstance(backend, DeepSpeedBackend) else {"enabled": False}})
             if resume_dir is not None:
