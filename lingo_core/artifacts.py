@@ -132,7 +132,9 @@ def save_adapter(
     return out_dir
 
 
-def _resolve_base(meta: dict, base_model: str | Path | None):
+def resolve_base(meta: dict, base_model: str | Path | None = None):
+    """The BaseModelRef an export was trained on (or ``base_model``), verified against its recorded sha256;
+    ValueError "base model mismatch ..." when the weights found differ."""
     from lingo_core.modeling import BaseModelRef, model_identity, resolve_model
 
     ident = meta["base_model"]
@@ -153,14 +155,8 @@ def _resolve_base(meta: dict, base_model: str | Path | None):
     return ref
 
 
-def load_adapter(path: str | Path, base_model: str | Path | None = None):
-    """Load an exported folder -> (model in eval mode, LingoTokenizer, lingo.json dict).
-
-    The base is resolved from lingo.json (or `base_model`) and verified against the recorded sha256.
-    """
-    from lingo_core.modeling import load_classifier, load_tokenizer
-    from lingo_core.tokenization import LingoTokenizer
-
+def read_meta(path: str | Path) -> dict:
+    """The lingo.json of an exported folder, checked for the format this code reads."""
     path = Path(path)
     meta_file = path / "lingo.json"
     if not meta_file.is_file():
@@ -168,8 +164,13 @@ def load_adapter(path: str | Path, base_model: str | Path | None = None):
     meta = json.loads(meta_file.read_text())
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{meta_file}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
-    ref = _resolve_base(meta, base_model)
-    model = load_classifier(ref, meta["num_labels"])
+    return meta
+
+
+def apply_adapter(model: nn.Module, path: str | Path, meta: dict) -> nn.Module:
+    """Put an export's trained part onto a fresh classifier of its base: the PEFT adapter (plain
+    ``PeftModel.from_pretrained``), then the head, or the whole weights for full fine-tuning. Eval mode."""
+    path = Path(path)
     method = meta["method"]
     if method in PEFT_METHODS:
         from peft import PeftModel
@@ -183,6 +184,20 @@ def load_adapter(path: str | Path, base_model: str | Path | None = None):
         load_model(model, str(path / "model.safetensors"))  # strict: any missing/extra tensor raises
     else:
         head_module(model).load_state_dict(load_file(str(path / "head.safetensors")))
-    model.eval()
-    tok = LingoTokenizer(load_tokenizer(ref), mode=meta["tokenization"], max_length=meta["max_length"])
+    return model.eval()
+
+
+def load_adapter(path: str | Path, base_model: str | Path | None = None):
+    """Load an exported folder -> (model in eval mode, LingoTokenizer, lingo.json dict).
+
+    The base is resolved from lingo.json (or `base_model`) and verified against the recorded sha256.
+    """
+    from lingo_core.modeling import load_classifier, load_tokenizer
+    from lingo_core.tokenization import LingoTokenizer, PromptTemplate
+
+    meta = read_meta(path)
+    ref = resolve_base(meta, base_model)
+    model = apply_adapter(load_classifier(ref, meta["num_labels"]), path, meta)
+    tok = LingoTokenizer(load_tokenizer(ref), mode=meta["tokenization"], max_length=meta["max_length"],
+                         template=PromptTemplate(meta["template"]))
     return model, tok, meta
