@@ -150,7 +150,7 @@ def resolve_base(meta: dict, base_model: str | Path | None = None):
         if got != want:
             raise ValueError(
                 f"base model mismatch: adapter was trained on {ident['name']!r} with weights sha256 {want}, "
-                f"but {ref.path} has sha256 {got}; pass base_model= pointing at the original weights"
+                f"but {ref.path} has sha256 {got}; point base_model (lingo predict: --base-model) at the original weights"
             )
     return ref
 

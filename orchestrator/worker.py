@@ -331,6 +331,11 @@ class _RunLogger:
     def artifacts(self, pairs: list[tuple[Path, str | None]]) -> None:
         self.t.log_artifacts(self.c, self.run_id, pairs)
 
+    def model(self, adapter_dir: Path) -> None:
+        from orchestrator.mlflow_model import log_pyfunc
+
+        log_pyfunc(self.c, self.run_id, adapter_dir)
+
     def finish(self, status: str) -> None:
         self.c.set_terminated(self.run_id, status)
 
@@ -360,6 +365,8 @@ def _log_result(logger: _RunLogger, result: Any, out_dir: Path) -> None:
     (out_dir / "result.json").write_text(json.dumps(summary, indent=1, default=str))
     pairs.append((out_dir / "result.json", None))
     logger.artifacts(pairs)
+    if result.artifact_dir is not None:  # the same export as an MLflow Model: what the registry serves
+        logger.model(Path(result.artifact_dir))
 
 
 def build_backend(cfg: Any, job_deepspeed: dict | None) -> DeepSpeedBackend | TorchBackend:
