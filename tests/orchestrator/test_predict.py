@@ -284,7 +284,9 @@ def _free_port() -> int:
 def test_served_champion_answers_http_invocations(store: dict, tmp_path: Path) -> None:
     task = "tf/0"
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"]}
+    bindir = str(Path(sys.executable).parent)  # serve execs `uvicorn` by name: the venv's, as when activated
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"], "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+           "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = tmp_path / "serve.log"
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m",
@@ -322,14 +324,14 @@ def test_served_champion_answers_http_invocations(store: dict, tmp_path: Path) -
 
 @pytest.mark.integration
 def test_real_smollm2_pyfunc_matches_in_process(store: dict, smollm2_ref, tmp_path: Path) -> None:
-    """The real base: an export of SmolLM2 (LoRA moved off its init, as training would) registered and
-    loaded back through models:/ gives the in-process probabilities, and not the bare base's."""
+    """The real base: a SmolLM2 LoRA export (B moved off its zero init, as training would) registered and
+    loaded back through models:/ gives the in-memory model's probabilities, and not the bare base's."""
     import mlflow.pyfunc
 
     from lingo_core.artifacts import save_adapter
     from lingo_core.data.task import TaskSpec
-    from lingo_core.modeling import load_classifier, model_identity
-    from lingo_core.tokenization import TEMPLATE
+    from lingo_core.modeling import load_classifier, load_tokenizer, model_identity
+    from lingo_core.tokenization import TEMPLATE, LingoTokenizer
     from lingo_core.tuners.config import AdapterSettings
     from lingo_core.tuners.methods import build_model
     from orchestrator.mlflow_model import log_pyfunc
@@ -337,13 +339,20 @@ def test_real_smollm2_pyfunc_matches_in_process(store: dict, smollm2_ref, tmp_pa
     spec = TaskSpec(name="smol_check", path=tmp_path, num_labels=2, label_names=("no", "yes"), seq_len_bp=70,
                     description="promoter detection")
     torch.manual_seed(0)
-    model, _ = build_model(load_classifier(smollm2_ref, 2), AdapterSettings(method="lora", lora_r=2,
-                                                                             target_modules=["q_proj", "v_proj"]),
-                           total_steps=1, seed=0)
+    settings = AdapterSettings(method="lora", lora_r=2, target_modules=["q_proj", "v_proj"])
+    model, _ = build_model(load_classifier(smollm2_ref, 2), settings, total_steps=1, seed=0)
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if p.requires_grad and "lora_B" in n:
-                p.normal_(0, 0.02)
+            if "lora_B" in n or "modules_to_save" in n:
+                p.add_(0.05 * torch.randn_like(p))
+    seqs = store["seqs"]["prom_core_tata"][:4]
+    tok = LingoTokenizer(load_tokenizer(smollm2_ref), mode="bbpe", max_length=64)
+    batch = tok.collate([{"input_ids": tok.encode(s, spec.description).input_ids} for s in seqs])
+    model.eval()
+    with torch.no_grad():
+        in_memory = torch.softmax(model(**batch).logits, -1).numpy()
+        with model.disable_adapter():  # the bare base with its initial head (PEFT keeps the original module)
+            bare = torch.softmax(model(**batch).logits, -1).numpy()
     export = save_adapter(model, tmp_path / "adapter", task=spec, tokenizer_mode="bbpe", template=TEMPLATE,
                           base_identity=model_identity(smollm2_ref), metrics={}, method="lora", max_length=64)
     c = store["client"]
@@ -352,11 +361,10 @@ def test_real_smollm2_pyfunc_matches_in_process(store: dict, smollm2_ref, tmp_pa
     log_pyfunc(c, run_id, export)
     reg = tracking.register_best(c, spec.name, run_id, 0.5)
     assert reg.champion
-    seqs = store["seqs"]["prom_core_tata"][:4]
     os.environ["MLFLOW_TRACKING_URI"] = store["uri"]
     try:
         served = mlflow.pyfunc.load_model(f"models:/{reg.name}@champion").predict(pd.DataFrame({"sequence": seqs}))
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
-    np.testing.assert_allclose(_probs(served), _in_process(export, seqs), atol=1e-4)
-    assert np.abs(_probs(served) - _bare(export, seqs)).max() > 1e-3
+    np.testing.assert_allclose(_probs(served), in_memory, atol=1e-4)
+    assert np.abs(_probs(served) - bare).max() > 1e-3
