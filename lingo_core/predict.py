@@ -43,7 +43,10 @@ class PredictSettings:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size!r}: expected an integer >= 1")
         if self.device is not None:
-            torch.device(self.device)  # raises for a malformed device string
+            try:
+                torch.device(self.device)
+            except RuntimeError as e:
+                raise ValueError(f"device={self.device!r}: {e}") from None
 
 
 def prediction_columns(label_names: Sequence[str], probs: np.ndarray, prefix: str = "") -> dict[str, object]:

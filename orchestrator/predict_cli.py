@@ -149,6 +149,10 @@ def run(args: argparse.Namespace) -> Path:
         raise PredictCliError(f"--output {out}: expected a .parquet file name")
     if not out.parent.is_dir():
         raise PredictCliError(f"--output {out}: folder {out.parent} does not exist")
+    try:
+        settings = PredictSettings(args.batch_size, args.device)
+    except ValueError as e:
+        raise PredictCliError(str(e)) from None
     table = read_sequences(args.input)  # bad input fails before any model is fetched or loaded
     uri = tracking_uri(args.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="lingo-predict-") as tmp:
@@ -159,7 +163,7 @@ def run(args: argparse.Namespace) -> Path:
         if len(set(tasks)) < len(tasks):
             dup = next(t for t in tasks if tasks.count(t) > 1)
             raise PredictCliError(f"two --model give task {dup!r}; predict one model per task in a call")
-        predictor = Predictor([s.adapter_dir for s in sources], PredictSettings(args.batch_size, args.device),
+        predictor = Predictor([s.adapter_dir for s in sources], settings,
                               base_model=args.base_model, names=[s.uri for s in sources])
         with tqdm(total=table.num_rows, desc="predict", unit="seq", disable=args.no_progress, file=sys.stderr) as bar:
             probs = predictor.predict(table.column("sequence").to_pylist(), progress=bar.update)
@@ -179,8 +183,6 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
     try:
-        if args.batch_size < 1:
-            raise PredictCliError(f"--batch-size {args.batch_size}: expected an integer >= 1")
         out = run(args)
     except (PredictCliError, PredictError, DataError, FileNotFoundError) as e:
         print(f"lingo predict: error: {e}", file=sys.stderr)
