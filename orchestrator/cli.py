@@ -4,6 +4,7 @@
   lingo train [...]                             one task, one method, one process (no Ray)
   lingo tune JOB.yaml [key=value ...] [--resume] [--address ADDR] [--dry-run]
   lingo submit JOB.yaml [key=value ...] --address http://HEAD:8265
+  lingo predict --model models:/lingo-TASK@champion [--model ...] --input SEQS --output PREDS.parquet
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from orchestrator.submit import main as submit_main
 
         return submit_main(rest)
+    if command == "predict":
+        from orchestrator.predict_cli import main as predict_main
+
+        return predict_main(rest)
     if command == "data":
         if not rest or rest[0] != "report":
             print("usage: lingo data report [--help | options]", file=sys.stderr)

@@ -187,10 +187,19 @@ def register(c, job: JobSpec, trials: list[dict]) -> dict[str, tracking.Registra
     out: dict[str, tracking.Registration] = {}
     key = SELECTION.dev_key
     done = [t for t in trials if t["status"] == "FINISHED" and _finite(t[key]) and _finite(t["test_mcc"])]
+    from lingo_core.data.digest import task_digest
+    from orchestrator.jobspec import resolve_tasks
+    from orchestrator.mlflow_model import DATA_TAG, GIT_TAG, git_commit
+
+    specs = {spec.name: spec for spec in resolve_tasks(job)}
+    commit = git_commit()
     for task in dict.fromkeys(t["task"] for t in done):
         best = SELECTION.best((t for t in done if t["task"] == task), lambda t: t[key])
+        # what reproduces the version: the code, the exact data files, the base weights (base_model.sha256)
         tags = {"method": best["method"], "seed": best["seed"], "test_mcc": repr(best["test_mcc"]),
-                "sweep": job.name, **{f"base_model.{k}": v for k, v in best["base_model"].items()}}
+                "sweep": job.name, GIT_TAG: commit, **{f"base_model.{k}": v for k, v in best["base_model"].items()}}
+        if task in specs:
+            tags[DATA_TAG] = task_digest(specs[task])
         out[task] = tracking.register_best(c, task, best["run_id"], best[key], tags=tags,
                                            allow_chance=job.mlflow.allow_chance_champion)
     return out

@@ -28,6 +28,8 @@ CHAMPION = "champion"  # alias of the best version of a task's registered model
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI shows children under the parent
 TRIAL_TAG = "lingo.trial_id"  # finds a trial's child run again when the trial restarts or resumes
 SWEEP_TAG = "lingo.sweep"
+MODEL_ARTIFACT = "model"  # a trial's pyfunc model (orchestrator/mlflow_model.py); registered versions point here
+ADAPTER_ARTIFACT = "adapter"  # a trial's export folder as lingo_core wrote it
 CHANCE_TAG = "lingo.at_chance"  # version tag: dev MCC no better than chance (kept from champion by default)
 _MAX_BATCH = 100  # MLflow's log_batch limit for params (and a safe chunk for metrics)
 PARAM_MAX = 6000  # MLflow's param value length limit
@@ -185,9 +187,15 @@ def champion_version(c: MlflowClient, name: str):
         return None
 
 
-def register_best(c: MlflowClient, task: str, run_id: str, dev_mcc: float, *, artifact_path: str = "adapter",
+def has_pyfunc(c: MlflowClient, run_id: str) -> bool:
+    """The run logged a pyfunc model (runs from before models were logged hold only `adapter/`)."""
+    return any(f.path == f"{MODEL_ARTIFACT}/MLmodel" for f in c.list_artifacts(run_id, MODEL_ARTIFACT))
+
+
+def register_best(c: MlflowClient, task: str, run_id: str, dev_mcc: float, *, artifact_path: str | None = None,
                   tags: Mapping[str, Any] = (), allow_chance: bool = False) -> Registration:
-    """Register the run's adapter folder as a new version of `lingo-<task>`; move `champion` to it only
+    """Register the run's MLflow model (``artifact_path`` None: `model/` when the run logged one, else the
+    bare `adapter/` folder of older runs) as a new version of `lingo-<task>`; move `champion` to it only
     if its dev MCC beats the current champion's under SELECTION (ties keep the incumbent: no churn
     without evidence) and, unless ``allow_chance``, beats chance: a one-class predictor (MCC 0) is
     recorded as a version but is no model to serve."""
@@ -197,6 +205,8 @@ def register_best(c: MlflowClient, task: str, run_id: str, dev_mcc: float, *, ar
     except MlflowException as e:
         if "already exists" not in str(e).lower() and "RESOURCE_ALREADY_EXISTS" not in str(e):
             raise
+    if artifact_path is None:
+        artifact_path = MODEL_ARTIFACT if has_pyfunc(c, run_id) else ADAPTER_ARTIFACT
     source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
     at_chance = not SELECTION.beats_chance(float(dev_mcc))
     all_tags = {"task": task, SELECTION.dev_key: repr(float(dev_mcc)), **{k: str(v) for k, v in dict(tags).items()}}

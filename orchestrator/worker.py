@@ -351,6 +351,18 @@ class _RunLogger:
     def artifacts(self, pairs: list[tuple[Path, str | None]]) -> None:
         self.j.artifacts(pairs)
 
+    def model(self, adapter_dir: Path) -> None:
+        """The export as an MLflow Model under `model/`: saved here, then sent through the journal like
+        every other artifact (an outage delays it, never loses it)."""
+        import tempfile
+
+        from orchestrator.mlflow_model import save_pyfunc
+        from orchestrator.tracking import MODEL_ARTIFACT
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = save_pyfunc(adapter_dir, Path(tmp) / MODEL_ARTIFACT)
+            self.j.artifacts([(folder, MODEL_ARTIFACT)])  # copied into the journal before tmp goes
+
     def finish(self, status: str) -> None:
         self.j.status(status)
         self.j.drain(WORKER_DRAIN_S)
@@ -381,6 +393,8 @@ def _log_result(logger: _RunLogger, result: Any, out_dir: Path) -> None:
     (out_dir / "result.json").write_text(json.dumps(summary, indent=1, default=str))
     pairs.append((out_dir / "result.json", None))
     logger.artifacts(pairs)
+    if result.artifact_dir is not None:  # the same export as an MLflow Model: what the registry serves
+        logger.model(Path(result.artifact_dir))
 
 
 def build_backend(cfg: Any, job_deepspeed: dict | None) -> DeepSpeedBackend | TorchBackend:

@@ -84,6 +84,8 @@ class FastaRecords:
     files: list[Path] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
     """1-based header line of each record."""
+    ids: list[str] = field(default_factory=list)
+    """First word of each header (without '>'); what predictions are keyed by."""
 
 
 def _open_text(path: Path) -> str:
@@ -138,6 +140,7 @@ def read_fasta(path: Path, out: FastaRecords, fixed_label: str | None = None) ->
                     f"{path}:{lineno}: header {line[:60]!r} has no label; expected '>id label=K' or '>id|K'"
                 )
             out.labels.append(label)
+            out.ids.append(line[1:].split(maxsplit=1)[0] if line[1:].strip() else "")
             out.files.append(path)
             out.lines.append(lineno)
         elif chunks is None:

@@ -146,6 +146,17 @@ def _first_false(mask: pa.ChunkedArray | pa.Array) -> int | None:
     return pc.index(mask, False).as_py()
 
 
+def invalid_letter(sequences: pa.ChunkedArray | pa.Array) -> tuple[int, str] | None:
+    """(row, problem) of the first non-null sequence with a letter outside ACGTN (any case), else None."""
+    upper = pc.utf8_upper(sequences)
+    ok = pc.or_kleene(pc.is_null(upper), pc.match_substring_regex(upper, f"^[{ALPHABET}]*$"))
+    if (i := _first_false(ok)) is None:
+        return None
+    pos = next(k for k, ch in enumerate(upper[i].as_py()) if ch not in ALPHABET)
+    bad = sequences[i].as_py()[pos]
+    return i, f"letter {bad!r} at position {pos + 1} of the sequence; expected only A, C, G, T or N"
+
+
 def _validate(table: pa.Table, locate: Locator, where: str, num_labels: int | None) -> pa.Table:
     """Checks every row; raises one DataError for the earliest offending row."""
     if table.num_rows == 0:
@@ -157,13 +168,8 @@ def _validate(table: pa.Table, locate: Locator, where: str, num_labels: int | No
     problems: list[tuple[int, str]] = []
     if (i := _first_false(pc.greater(pc.utf8_length(seq), 0))) is not None:
         problems.append((i, "empty sequence; expected a non-empty string of A, C, G, T or N"))
-    if (i := _first_false(pc.match_substring_regex(seq, f"^[{ALPHABET}]*$"))) is not None:
-        s = seq[i].as_py()
-        pos = next(k for k, ch in enumerate(s) if ch not in ALPHABET)
-        bad = table.column("sequence")[i].as_py()[pos]
-        problems.append(
-            (i, f"letter {bad!r} at position {pos + 1} of the sequence; expected only A, C, G, T or N")
-        )
+    if (bad := invalid_letter(table.column("sequence"))) is not None:
+        problems.append(bad)
     if (i := _first_false(is_int)) is not None:
         problems.append(
             (i, f"label {table.column('label')[i].as_py()!r} is not an integer; expected a class id")

@@ -109,7 +109,7 @@ def test_sweep_end_to_end(tmp_path: Path, tiny_model_dir: Path, gue_root: Path, 
     assert {a.path for a in c.list_artifacts(res.parent_run_id, "summary")} >= {"summary/summary.md"}
     assert "| prom_core_tata" in printed and "registered lingo-tf_0 v1" in printed
 
-    # the registered adapter downloads, loads and predicts
+    # the registered model downloads; its adapter loads and predicts
     import mlflow.artifacts
     import torch
 
@@ -117,7 +117,10 @@ def test_sweep_end_to_end(tmp_path: Path, tiny_model_dir: Path, gue_root: Path, 
     champ = c.get_model_version_by_alias(name, tracking.CHAMPION)
     local = mlflow.artifacts.download_artifacts(artifact_uri=c.get_model_version_download_uri(name, champ.version),
                                                 dst_path=str(tmp_path / "download"), tracking_uri=res.tracking_uri)
-    model, tok, meta = load_adapter(local)
+    assert champ.source.endswith("/model")  # the version is the trial's MLflow pyfunc model
+    from orchestrator.predict_cli import adapter_folder
+
+    model, tok, meta = load_adapter(adapter_folder(Path(local)))  # the export inside it, unchanged
     spec = TaskRegistry.from_root(gue_root).get("tf/0")
     table = load_split(spec, "test").slice(0, 4)
     batch = tok.collate(tok.encode_table(table, spec.description))
