@@ -4,6 +4,10 @@
   lingo train [...]                             one task, one method, one process (no Ray)
   lingo tune JOB.yaml [key=value ...] [--resume] [--address ADDR] [--dry-run]
   lingo submit JOB.yaml [key=value ...] --address http://HEAD:8265
+  lingo jobs list|status ID|logs ID [--follow]|stop ID --address http://HEAD:8265
+  lingo report SWEEP_DIR|EXPERIMENT [--out DIR]  Markdown + PNG report of a sweep (also logged to MLflow)
+
+Every command takes --help.
 """
 
 from __future__ import annotations
@@ -70,6 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from orchestrator.submit import main as submit_main
 
         return submit_main(rest)
+    if command == "jobs":
+        from orchestrator.jobs import main as jobs_main
+
+        return jobs_main(rest)
+    if command == "report":
+        from orchestrator.report import main as report_main
+
+        return report_main(rest)
     if command == "data":
         if not rest or rest[0] != "report":
             print("usage: lingo data report [--help | options]", file=sys.stderr)

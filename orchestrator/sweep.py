@@ -111,7 +111,7 @@ def _tracking(job: JobSpec, resume: bool) -> tuple[str, str, str]:
         c.update_run(parent, status="RUNNING")
         return uri, exp, parent
     parent = tracking.start_parent_run(c, exp, job.name, tags={"lingo.tasks": ",".join(job.tasks),
-                                                                "lingo.methods": ",".join(job.methods)})
+                                                                tracking.METHODS_TAG: ",".join(job.methods)})
     tracking.log_params(c, parent, {k: v for k, v in job.to_dict().items() if k not in ("search", "budgets")})
     (out / "job.json").write_text(json.dumps(job.to_dict(), indent=1, default=str))
     tracking.log_artifacts(c, parent, [(out / "job.json", None)])

@@ -357,8 +357,8 @@ def _log_result(logger: _RunLogger, result: Any, out_dir: Path) -> None:
         pairs.append((rank_heatmap(result.rank_pattern, plots / "rank_heatmap.png",
                                    title=f"{result.task} {result.method}: kept ranks"), "plots"))
     summary = {k: v for k, v in result.to_dict().items() if k != "test_predictions"}
-    (out_dir / "result.json").write_text(json.dumps(summary, indent=1, default=str))
-    pairs.append((out_dir / "result.json", None))
+    (out_dir / logger.t.RESULT_ARTIFACT).write_text(json.dumps(summary, indent=1, default=str))
+    pairs.append((out_dir / logger.t.RESULT_ARTIFACT, None))
     logger.artifacts(pairs)
 
 
