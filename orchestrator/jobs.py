@@ -21,17 +21,22 @@ from datetime import datetime, timezone
 from orchestrator.submit import DEFAULT_ADDRESS, TERMINAL, ClusterError, connect, first_line, follow
 
 
-def _call(what: str, fn):
-    """The SDK raises RuntimeError("Request failed with status code 404: ...") for unknown ids."""
-    try:
-        return fn()
-    except RuntimeError as e:
-        text = first_line(e)
-        if "404" in text or "does not exist" in text:
-            raise ClusterError(f"{what}: no such job on this cluster (`lingo jobs list` shows them)") from None
-        raise ClusterError(f"{what}: {text}") from None
-    except ConnectionError as e:
-        raise ClusterError(f"{what}: the cluster stopped answering ({first_line(e)})") from None
+def _call(what: str, fn, attempts: int = 3):
+    """The SDK raises RuntimeError("Request failed with status code 404: ...") for unknown ids, and
+    requests' ConnectionError (an OSError) when a busy dashboard drops the connection: retried twice."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except RuntimeError as e:
+            text = first_line(e)
+            if "404" in text or "does not exist" in text:
+                raise ClusterError(f"{what}: no such job on this cluster (`lingo jobs list` shows them)") from None
+            raise ClusterError(f"{what}: {text}") from None
+        except OSError as e:
+            if attempt == attempts - 1:
+                raise ClusterError(f"{what}: the cluster stopped answering ({first_line(e)})") from None
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
 
 
 def _when(ms: int | None) -> str:

@@ -90,12 +90,32 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def _token_auth_if_available() -> None:
+    """Send the Ray auth token when there is one. Ray >= 2.52 turns token auth on for `ray start` whenever a
+    token exists (~/.ray/auth_token, $RAY_AUTH_TOKEN[_PATH]), and `ray.init` follows the same rule, but the Job
+    Submission SDK only sends the token when $RAY_AUTH_MODE=token: without this every request gets HTTP 401.
+    An explicit $RAY_AUTH_MODE is respected."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def connect(address: str):
-    """A JobSubmissionClient for ``address`` (it checks the connection); ClusterError when nothing answers."""
+    """A JobSubmissionClient for ``address`` (it checks the connection); ClusterError when nothing answers
+    or the cluster refuses our credentials."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    _token_auth_if_available()
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError as e:
+        raise ClusterError(f"the Ray dashboard at {address} refused the request ({first_line(e)}); set "
+                           "RAY_AUTH_TOKEN to the cluster's token (`ray get-auth-token` on the head)") from None
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ClusterError(f"cannot reach the Ray dashboard at {address} ({first_line(e)}); start the "
                            "cluster (ray start --head) or pass --address http://HEAD:8265") from None

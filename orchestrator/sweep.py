@@ -76,7 +76,10 @@ def _init_ray(job: JobSpec, address: str | None) -> tuple[bool, int]:
     import ray
 
     started = not ray.is_initialized()
-    runtime_env = {"env_vars": worker_env(job)}
+    # Inside a Ray Job (`lingo submit`) the job's runtime env already sets some of these variables for every
+    # worker, and Ray refuses a driver that sets one of them again (it does not compare values): the job's win.
+    taken = _job_env_keys()
+    runtime_env = {"env_vars": {k: v for k, v in worker_env(job).items() if k not in taken}}
     address = address or job.ray.address
     if started and address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
@@ -91,6 +94,17 @@ def _init_ray(job: JobSpec, address: str | None) -> tuple[bool, int]:
     # free a stopped trial's resources through the state API that it serves.
     ray.init(num_cpus=cpus + math.ceil(cap * TRIAL_CPU), num_gpus=gpus, runtime_env=runtime_env)
     return started, cap
+
+
+def _job_env_keys() -> set[str]:
+    """Environment variable names the enclosing Ray Job's runtime env sets (none outside a Ray Job)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # the job config Ray injects into a job's driver
+    if not raw:
+        return set()
+    try:
+        return set((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):
+        return set()
 
 
 def _local_gpus() -> int:
