@@ -41,7 +41,7 @@ def test_smoke_is_tiny() -> None:
     assert len(job.tasks) == 2 and len(job.seeds) == 1 and job.num_samples == 1
     assert job.train["max_train_samples"] // job.train["batch_size"] <= 8
     assert job.train["max_eval_samples"] <= 16 and not job.train["save_checkpoints"]
-    assert job.scheduler.type == "fifo" and "ars" in job.methods
+    assert job.scheduler.type == "fifo" and job.methods == ["ars"]
 
 
 def test_compare_methods_is_at_equal_budget() -> None:
