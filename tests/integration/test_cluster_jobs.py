@@ -68,7 +68,7 @@ def _stop(head: subprocess.Popen, temp: Path) -> list[int]:
             p.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=15)
+    _, alive = psutil.wait_procs(procs, timeout=5)  # some Ray daemons ignore SIGTERM: do not wait long for them
     for p in alive:
         try:
             p.kill()
