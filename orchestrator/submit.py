@@ -101,7 +101,17 @@ def _token_auth_if_available() -> None:
         )
     except ImportError:  # a Ray without token authentication
         return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    import logging
+
+    # It logs "Token authentication is enabled ..." each time: noise on every `lingo jobs` call, and it
+    # would make an error more than one line on stderr.
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        log.setLevel(level)
 
 
 def connect(address: str):
