@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -88,3 +88,60 @@ def _save(fig, path: str | Path) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+# ------------------------------------------------------------------------------- sweep report plots
+# Inputs are plain data (the orchestrator reads them from MLflow), so these stay free of MLflow and Ray.
+
+Series = Sequence[tuple[float, float]]  # (step, value) points of one line
+
+
+def rank_by_layer_png(patterns: Mapping[str, Mapping[str, Sequence[bool]]], path: str | Path,
+                      title: str = "ARS: kept ranks per layer") -> Path:
+    """Grouped bars: layers on x, one bar per label (e.g. a task's dev-best ARS trial); height = ranks kept
+    in that layer, summed over its adapted modules (``rank_grid``)."""
+    if not patterns:
+        raise ValueError("rank_by_layer_png: no rank pattern to plot")
+    per_label = {}
+    for label, pattern in patterns.items():
+        grid, layers, _ = rank_grid(pattern)
+        per_label[label] = dict(zip(layers, np.nansum(grid, axis=1).tolist(), strict=True))
+    layers = sorted({layer for totals in per_label.values() for layer in totals})
+    width = 0.8 / len(per_label)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(layers) * max(1, len(per_label) / 2) + 2), 4.0))
+    for j, (label, totals) in enumerate(per_label.items()):
+        xs = [i + (j - (len(per_label) - 1) / 2) * width for i in range(len(layers))]
+        ax.bar(xs, [totals.get(layer, 0.0) for layer in layers], width, label=label)
+    ax.set_xticks(range(len(layers)), [str(v) for v in layers])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("kept rank (sum over modules)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def curve_panels_png(panels: Mapping[str, Mapping[str, Series]], path: str | Path, ylabel: str,
+                     title: str, styles: Mapping[str, str] | None = None) -> Path:
+    """One panel per key of ``panels`` (e.g. a task), one line per label inside it (e.g. method/seed);
+    ``styles`` maps a label substring to a matplotlib line style (budget solid, active ranks dashed)."""
+    if not panels:
+        raise ValueError("curve_panels_png: no series to plot")
+    n = len(panels)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax, (name, lines) in zip(axes.flat, panels.items(), strict=False):
+        for label, points in lines.items():
+            if not points:
+                continue
+            xs, ys = zip(*sorted(points), strict=True)
+            style = next((s for key, s in (styles or {}).items() if key in label), "-")
+            ax.plot(xs, ys, style, marker="o" if len(xs) < 12 else None, markersize=3, label=label)
+        ax.set_title(name, fontsize="medium")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize="x-small")
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -5,6 +5,10 @@
   lingo tune JOB.yaml [key=value ...] [--resume] [--address ADDR] [--dry-run]
   lingo submit JOB.yaml [key=value ...] --address http://HEAD:8265
   lingo predict --model models:/lingo-TASK@champion [--model ...] --input SEQS --output PREDS.parquet
+  lingo jobs list|status ID|logs ID [--follow]|stop ID --address http://HEAD:8265
+  lingo report SWEEP_DIR|EXPERIMENT [--out DIR]  Markdown + PNG report of a sweep (also logged to MLflow)
+
+Every command takes --help.
 """
 
 from __future__ import annotations
@@ -79,6 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from orchestrator.predict_cli import main as predict_main
 
         return predict_main(rest)
+    if command == "jobs":
+        from orchestrator.jobs import main as jobs_main
+
+        return jobs_main(rest)
+    if command == "report":
+        from orchestrator.report import main as report_main
+
+        return report_main(rest)
     if command == "data":
         if not rest or rest[0] != "report":
             print("usage: lingo data report [--help | options]", file=sys.stderr)

@@ -82,14 +82,62 @@ def prepare(job_path: str | Path, overrides: Sequence[str], validate: bool = Tru
     return build_entrypoint(rel, overrides), runtime_env(uses_gpu, extra_env)
 
 
+class ClusterError(RuntimeError):
+    """The cluster cannot be reached, or refused a request (e.g. an unknown job id): one line for the user."""
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def _token_auth_if_available() -> None:
+    """Send the Ray auth token when there is one. Ray >= 2.52 turns token auth on for `ray start` whenever a
+    token exists (~/.ray/auth_token, $RAY_AUTH_TOKEN[_PATH]), and `ray.init` follows the same rule, but the Job
+    Submission SDK only sends the token when $RAY_AUTH_MODE=token: without this every request gets HTTP 401.
+    An explicit $RAY_AUTH_MODE is respected."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    import logging
+
+    # It logs "Token authentication is enabled ..." each time: noise on every `lingo jobs` call, and it
+    # would make an error more than one line on stderr.
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        log.setLevel(level)
+
+
+def connect(address: str):
+    """A JobSubmissionClient for ``address`` (it checks the connection); ClusterError when nothing answers
+    or the cluster refuses our credentials."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    _token_auth_if_available()
+    try:
+        return JobSubmissionClient(address)
+    except AuthenticationError as e:
+        raise ClusterError(f"the Ray dashboard at {address} refused the request ({first_line(e)}); set "
+                           "RAY_AUTH_TOKEN to the cluster's token (`ray get-auth-token` on the head)") from None
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ClusterError(f"cannot reach the Ray dashboard at {address} ({first_line(e)}); start the "
+                           "cluster (ray start --head) or pass --address http://HEAD:8265") from None
+
+
 AGENT_WAIT_S = 120  # how long a submission waits for a freshly started head's job agent
 
 
 def submit(address: str, entrypoint: str, env: dict, submission_id: str | None = None,
            metadata: dict[str, str] | None = None) -> str:
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(address)
+    client = connect(address)
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
@@ -156,11 +204,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JobSpecError as e:
         print(f"lingo submit: error: {e}", file=sys.stderr)
         return 2
-    job_id = submit(args.address, entrypoint, env, args.submission_id, {"lingo_job": args.job})
+    try:
+        job_id = submit(args.address, entrypoint, env, args.submission_id, {"lingo_job": args.job})
+    except ClusterError as e:
+        print(f"lingo submit: error: {e}", file=sys.stderr)
+        return 2
     print(f"submitted {job_id} to {args.address}\n"
-          f"  follow:  ray job logs --address {args.address} --follow {job_id}\n"
-          f"  status:  ray job status --address {args.address} {job_id}\n"
-          f"  stop:    ray job stop --address {args.address} {job_id}")
+          f"  follow:  lingo jobs logs --follow {job_id} --address {args.address}\n"
+          f"  status:  lingo jobs status {job_id} --address {args.address}\n"
+          f"  stop:    lingo jobs stop {job_id} --address {args.address}")
     if not args.wait:
         return 0
     status = follow(args.address, job_id)

@@ -80,7 +80,10 @@ def _init_ray(job: JobSpec, address: str | None) -> tuple[bool, int]:
     import ray
 
     started = not ray.is_initialized()
-    runtime_env = {"env_vars": worker_env(job)}
+    # Inside a Ray Job (`lingo submit`) the job's runtime env already sets some of these variables for every
+    # worker, and Ray refuses a driver that sets one of them again (it does not compare values): the job's win.
+    taken = _job_env_keys()
+    runtime_env = {"env_vars": {k: v for k, v in worker_env(job).items() if k not in taken}}
     address = address or job.ray.address
     if started and address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
@@ -95,6 +98,17 @@ def _init_ray(job: JobSpec, address: str | None) -> tuple[bool, int]:
     # free a stopped trial's resources through the state API that it serves.
     ray.init(num_cpus=cpus + math.ceil(cap * TRIAL_CPU), num_gpus=gpus, runtime_env=runtime_env)
     return started, cap
+
+
+def _job_env_keys() -> set[str]:
+    """Environment variable names the enclosing Ray Job's runtime env sets (none outside a Ray Job)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # the job config Ray injects into a job's driver
+    if not raw:
+        return set()
+    try:
+        return set((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):
+        return set()
 
 
 def _local_gpus() -> int:
@@ -115,7 +129,7 @@ def _tracking(job: JobSpec, resume: bool) -> tuple[str, str, str]:
         c.update_run(parent, status="RUNNING")
         return uri, exp, parent
     parent = tracking.start_parent_run(c, exp, job.name, tags={"lingo.tasks": ",".join(job.tasks),
-                                                                "lingo.methods": ",".join(job.methods)})
+                                                                tracking.METHODS_TAG: ",".join(job.methods)})
     tracking.log_params(c, parent, {k: v for k, v in job.to_dict().items() if k not in ("search", "budgets")})
     (out / "job.json").write_text(json.dumps(job.to_dict(), indent=1, default=str))
     tracking.log_artifacts(c, parent, [(out / "job.json", None)])

@@ -30,6 +30,8 @@ TRIAL_TAG = "lingo.trial_id"  # finds a trial's child run again when the trial r
 SWEEP_TAG = "lingo.sweep"
 MODEL_ARTIFACT = "model"  # a trial's pyfunc model (orchestrator/mlflow_model.py); registered versions point here
 ADAPTER_ARTIFACT = "adapter"  # a trial's export folder as lingo_core wrote it
+METHODS_TAG = "lingo.methods"  # parent run: the job's methods, in its order (reports list them so)
+RESULT_ARTIFACT = "result.json"  # a trial's TrainResult.to_dict() (worker._log_result): rank pattern, budget
 CHANCE_TAG = "lingo.at_chance"  # version tag: dev MCC no better than chance (kept from champion by default)
 _MAX_BATCH = 100  # MLflow's log_batch limit for params (and a safe chunk for metrics)
 PARAM_MAX = 6000  # MLflow's param value length limit
@@ -214,7 +216,7 @@ def register_best(c: MlflowClient, task: str, run_id: str, dev_mcc: float, *, ar
         all_tags[CHANCE_TAG] = "true"
     mv = retry(lambda: c.create_model_version(name, source=source, run_id=run_id, tags=all_tags))
     current = champion_version(c, name)
-    current_mcc = _version_dev_mcc(c, current) if current is not None else SELECTION.worst
+    current_mcc = version_dev_mcc(c, current) if current is not None else SELECTION.worst
     moved = SELECTION.better(float(dev_mcc), current_mcc) and (allow_chance or not at_chance)
     if moved:
         c.set_registered_model_alias(name, CHAMPION, mv.version)
@@ -222,7 +224,7 @@ def register_best(c: MlflowClient, task: str, run_id: str, dev_mcc: float, *, ar
                         None if current is None else str(current.version), at_chance)
 
 
-def _version_dev_mcc(c: MlflowClient, mv) -> float:
+def version_dev_mcc(c: MlflowClient, mv) -> float:
     """The champion's dev MCC: its version tag, else the best_dev_mcc metric of its run."""
     if SELECTION.dev_key in (mv.tags or {}):
         return float(mv.tags[SELECTION.dev_key])
