@@ -371,6 +371,7 @@ class _RunLogger:
 def _log_result(logger: _RunLogger, result: Any, out_dir: Path) -> None:
     """Final metrics of the dev-selected weights, model identity, and the artifacts."""
     from lingo_core.plots import confusion_matrix_png, rank_heatmap
+    from orchestrator.tracking import RESULT_ARTIFACT
 
     logger.metrics({**{f"test_{k}": v for k, v in result.test_metrics.items()},
                     **{f"best_dev_{k}": v for k, v in result.dev_metrics.items()},
@@ -390,8 +391,8 @@ def _log_result(logger: _RunLogger, result: Any, out_dir: Path) -> None:
         pairs.append((rank_heatmap(result.rank_pattern, plots / "rank_heatmap.png",
                                    title=f"{result.task} {result.method}: kept ranks"), "plots"))
     summary = {k: v for k, v in result.to_dict().items() if k != "test_predictions"}
-    (out_dir / logger.t.RESULT_ARTIFACT).write_text(json.dumps(summary, indent=1, default=str))
-    pairs.append((out_dir / logger.t.RESULT_ARTIFACT, None))
+    (out_dir / RESULT_ARTIFACT).write_text(json.dumps(summary, indent=1, default=str))
+    pairs.append((out_dir / RESULT_ARTIFACT, None))
     logger.artifacts(pairs)
     if result.artifact_dir is not None:  # the same export as an MLflow Model: what the registry serves
         logger.model(Path(result.artifact_dir))

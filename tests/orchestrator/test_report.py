@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from orchestrator import tracking
 from orchestrator.cli import main as lingo
+from orchestrator.jobspec import JobSpec
 from orchestrator.sweep import STATE_FILE, collect_trials, register
 
 FILES = {"report.md", "mcc_by_method.png", "rank_allocation.png", "budget.png", "dev_mcc.png"}
@@ -38,7 +38,7 @@ def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "mlflow.db"
 
 
-def _sweep(tmp: Path, empty_store: Path, name: str = "rep") -> tuple[Path, object, str]:
+def _sweep(tmp: Path, empty_store: Path, gue_root: Path, name: str = "rep") -> tuple[Path, object, str]:
     """A finished sweep's folder: store, sweep.json, parent + children, registrations (as sweep.py does)."""
     out = tmp / name
     out.mkdir()
@@ -70,14 +70,14 @@ def _sweep(tmp: Path, empty_store: Path, name: str = "rep") -> tuple[Path, objec
     failed = tracking.find_or_create_child(c, exp, parent, "t9", "failed", tags={"task": "tf/0", "method": "lora",
                                                                                   "seed": "0"})
     c.set_terminated(failed, "FAILED")
-    job = SimpleNamespace(name=name, mlflow=SimpleNamespace(allow_chance_champion=False))
+    job = JobSpec(name, ["prom_core_tata", "tf/0"], ["ars", "lora"], data_root=str(gue_root))
     register(c, job, collect_trials(c, exp, parent))
     c.set_terminated(parent, "FINISHED")
     return out, c, parent
 
 
-def test_report_files_and_their_mlflow_copies(tmp_path: Path, empty_store: Path, capsys) -> None:
-    out, c, parent = _sweep(tmp_path, empty_store)
+def test_report_files_and_their_mlflow_copies(tmp_path: Path, empty_store: Path, gue_root: Path, capsys) -> None:
+    out, c, parent = _sweep(tmp_path, empty_store, gue_root)
     assert lingo(["report", str(out)]) == 0
     report = out / "report"
     assert {p.name for p in report.iterdir()} == FILES
@@ -118,8 +118,8 @@ def test_report_files_and_their_mlflow_copies(tmp_path: Path, empty_store: Path,
     assert not [p for p in out.iterdir() if p.name.startswith(".report")]
 
 
-def test_report_by_experiment_name(tmp_path: Path, empty_store: Path, monkeypatch) -> None:
-    out, _, parent = _sweep(tmp_path, empty_store, name="byname")
+def test_report_by_experiment_name(tmp_path: Path, empty_store: Path, gue_root: Path, monkeypatch) -> None:
+    out, _, parent = _sweep(tmp_path, empty_store, gue_root, name="byname")
     uri = tracking.default_tracking_uri(out)
     dest = tmp_path / "elsewhere"
     assert lingo(["report", "byname", "--tracking-uri", uri, "--out", str(dest), "--no-log"]) == 0
@@ -148,8 +148,9 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, monkeypatch, capsys, args,
     assert not list(tmp_path.iterdir())  # nothing created (MLflow makes a store for any sqlite path it opens)
 
 
-def test_unknown_experiment_in_a_store_names_the_known_ones(tmp_path: Path, empty_store: Path, capsys) -> None:
-    out, _, _ = _sweep(tmp_path, empty_store, name="known")
+def test_unknown_experiment_in_a_store_names_the_known_ones(tmp_path: Path, empty_store: Path, gue_root: Path,
+                                                            capsys) -> None:
+    out, _, _ = _sweep(tmp_path, empty_store, gue_root, name="known")
     assert lingo(["report", "other", "--tracking-uri", tracking.default_tracking_uri(out)]) == 2
     err = capsys.readouterr().err
     assert "unknown experiment 'other'" in err and "known" in err and err.count("\n") == 1
