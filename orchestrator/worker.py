@@ -34,6 +34,7 @@ FAIL_TASK_ENV = "LINGO_FAULT_FAIL_TASK"
 # How long a finishing worker tries to send what its journal still holds; the rest is the trial
 # driver's to send (orchestrator/trial.py), so a tracking outage never holds a worker's resources.
 WORKER_DRAIN_S = 10.0
+MODEL_ERROR_TAG = "lingo.model_error"  # why a finished trial has no MLflow model (adapter/ only)
 
 
 @dataclass
@@ -395,7 +396,14 @@ def _log_result(logger: _RunLogger, result: Any, out_dir: Path) -> None:
     pairs.append((out_dir / RESULT_ARTIFACT, None))
     logger.artifacts(pairs)
     if result.artifact_dir is not None:  # the same export as an MLflow Model: what the registry serves
-        logger.model(Path(result.artifact_dir))
+        try:
+            logger.model(Path(result.artifact_dir))
+        except Exception as e:
+            # Packaging must not throw away a finished training (the retry would train it again): the
+            # run keeps its adapter/, which the registry then registers instead (tracking.register_best).
+            logger.tags({MODEL_ERROR_TAG: f"{type(e).__name__}: {e}"[:5000]})
+            print(f"warning: the MLflow model of {out_dir} was not saved ({type(e).__name__}: {e}); "
+                  "the run keeps its adapter/ artifact")
 
 
 def build_backend(cfg: Any, job_deepspeed: dict | None) -> DeepSpeedBackend | TorchBackend:

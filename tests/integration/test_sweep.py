@@ -167,15 +167,3 @@ def test_bad_job_spec_fails_before_ray(tmp_path: Path, tiny_model_dir: Path) -> 
     assert not (tmp_path / "bad").exists()  # nothing written: no MLflow store, no Ray storage
     assert not ray_daemon_pids()
 
-
-def test_trial_capacity_counts_the_workers_tune_cannot_see(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from orchestrator.jobspec import load_job
-    from orchestrator.sweep import trial_capacity
-
-    job = load_job(write_job(tmp_path, "cap", tiny_model_dir))  # 2 workers x 0.45 CPU per trial
-    assert trial_capacity(job, cpus=2, gpus=0) == 2
-    assert trial_capacity(job, cpus=1, gpus=0) == 1
-    job.resources.cpus_per_worker = 1.0
-    assert trial_capacity(job, cpus=2, gpus=0) == 1  # 2 workers x 1 CPU: one trial on 2 CPUs
-    job.resources.gpus_per_worker = 0.5
-    assert trial_capacity(job, cpus=64, gpus=2) == 2
