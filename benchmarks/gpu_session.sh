@@ -55,7 +55,8 @@ case "${1:-}" in
     dir=runs/$name-$(date +%s)  # a fresh sweep folder per call: an earlier call's Tune state stays apart
     # SIGINT first (Tune stops its trials and the driver closes the MLflow runs), SIGKILL 40 s later
     timeout -s INT -k 40 $SWEEP_LIMIT_S python3 benchmarks/quality_gpu.py $phase "${lr[@]}" \
-      --out "$OUT/$name.json" --output-dir $dir "$@" 2>&1 | grep -vE "PreemptionWatcher|token.auth|hostname"
+      --out "$OUT/$name.json" --output-dir $dir "$@" 2>&1 | grep -vE "PreemptionWatcher|token.auth|hostname" \
+      | while IFS= read -r line; do printf '%s %s\n' "$(date +%T)" "$line"; done | tee "$OUT/$name.log"
     python3 -m ray.scripts.scripts stop --force >/dev/null 2>&1  # nothing of this call holds the GPU after it
     python3 benchmarks/quality_gpu.py collect --output-dir $dir --out "$OUT/$name.json"
     [ $phase = select ] && cp "$OUT/$name.json" $ST/
