@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lingo_core.cliparse import ArgumentParser
-from lingo_core.data.loading import DataError, load_split
+from lingo_core.data.errors import DataError
+from lingo_core.data.loading import load_split
 from lingo_core.data.task import SPLITS, TaskRegistry, TaskSpec, UnknownTaskError
 
 DEFAULT_OUT = Path("runs/data-report")  # beside other run outputs, ignored by git
