@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lingo_core.cliparse import ArgumentParser
-from orchestrator.jobspec import JobSpecError, load_job, read_job_file
+from orchestrator.jobspec import JobSpecError, read_job_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # the dashboard of a local `ray start --head`
@@ -71,6 +71,9 @@ def prepare(job_path: str | Path, overrides: Sequence[str], validate: bool = Tru
                            "which is what gets uploaded; copy it into jobs/") from None
     uses_gpu = True
     if validate:
+        # validation builds TrainConfigs (torch + PEFT): imported here so `lingo submit --help` stays fast
+        from orchestrator.validate import load_job
+
         job = load_job(path, list(overrides))  # JobSpecError names file + key path
         uses_gpu = job.resources.gpus_per_worker > 0
     else:
