@@ -71,6 +71,7 @@ class Report:
 def _length_functions(tokenizer) -> tuple[Callable[[list[str], str], np.ndarray], Callable[[str], int]]:
     """(BBPE prompt lengths of sequences, one-hot template overhead), both through LingoTokenizer so
     the report counts exactly the tokens training sees."""
+    # torch + transformers (through tokenization) only once a report is built, not for `--help`
     from lingo_core.tokenization import LingoTokenizer
 
     bbpe = LingoTokenizer(tokenizer, mode="bbpe", max_length=None)  # None: measure, never cut
@@ -143,6 +144,7 @@ def build_report(
     registry = TaskRegistry.from_root(root)
     selected = registry.select(list(tasks))
     if tokenizer is None:
+        # transformers is heavy: imported only when no tokenizer was handed in (tests pass one)
         from lingo_core.modeling import load_tokenizer, resolve_model
 
         tokenizer = load_tokenizer(resolve_model(model))
@@ -238,6 +240,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def plot_histograms(report: Report, path: Path) -> None:
+    # matplotlib is heavy: imported only when the histogram PNG is written, not for the table or --help
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display on servers / CI
