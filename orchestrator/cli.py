@@ -36,8 +36,8 @@ def tune_parser() -> argparse.ArgumentParser:
 def tune_main(argv: Sequence[str]) -> int:
     # intermixed: `JOB --dry-run train.epochs=2` is as natural as `JOB train.epochs=2 --dry-run`
     args = tune_parser().parse_intermixed_args(list(argv))
-    # after parsing, so `lingo tune --help` stays fast: validation imports torch + PEFT, the sweep Ray + MLflow
-    from orchestrator.jobspec import JobSpecError
+    # after parsing, so `lingo tune --help` stays fast: validation loads torch + PEFT, the sweep Ray + MLflow
+    from orchestrator.jobspec import JobSpecError, resolve_tasks
     from orchestrator.validate import load_job
 
     try:
@@ -46,7 +46,6 @@ def tune_main(argv: Sequence[str]) -> int:
         print(f"lingo tune: error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        from orchestrator.jobspec import resolve_tasks
         from orchestrator.search import describe_trials, format_trials
 
         rows = describe_trials(job, resolve_tasks(job))

@@ -389,7 +389,7 @@ def read_job_file(path: str | Path) -> Any:
 
 
 def task_registry(job: JobSpec):
-    # pyarrow (the registry reads task data) only here: parsing a spec, as `lingo submit` does first, needs none
+    # pyarrow (the registry reads task data) only here: parsing a spec (`lingo submit` first) needs none
     from lingo_core.data.task import TaskRegistry
 
     try:

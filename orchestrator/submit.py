@@ -100,7 +100,7 @@ def _token_auth_if_available() -> None:
     token exists (~/.ray/auth_token, $RAY_AUTH_TOKEN[_PATH]), and `ray.init` follows the same rule, but the Job
     Submission SDK only sends the token when $RAY_AUTH_MODE=token: without this every request gets HTTP 401.
     An explicit $RAY_AUTH_MODE is respected."""
-    try:  # local: Ray is heavy (`lingo submit --help` needs none of it), and this module moved between versions
+    try:  # local: Ray is heavy (`lingo submit --help` needs none of it); a private module, not in every Ray
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available,
         )

@@ -196,7 +196,7 @@ def train_field_types() -> dict[str, Any]:
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """A job's nested ``train`` block -> dotted TrainConfig paths ({"adapter": {"lora_r": 8}} -> adapter.lora_r)."""
+    """The ``train`` block -> dotted TrainConfig paths ({"adapter": {"lora_r": 8}} -> adapter.lora_r)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict) and f"{prefix}{k}" == "adapter":  # the one nested dataclass of TrainConfig

@@ -21,4 +21,5 @@ def decode_utf8(path: Path, data: bytes, expected: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); expected {expected}") from None
+        bad = data[exc.start]
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{bad:02x}); expected {expected}") from None
