@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.provenance import git_commit, utc_now  # noqa: E402
 from orchestrator import tracking  # noqa: E402
-from orchestrator.jobspec import load_job  # noqa: E402
 from orchestrator.sweep import STATE_FILE, run_sweep  # noqa: E402
+from orchestrator.validate import load_job  # noqa: E402
 
 JOBS = {"select": REPO / "jobs" / "lr_select_gpu.yaml", "proof": REPO / "jobs" / "quality_gpu.yaml"}
 KEYS = {"select": ("task", "method", "seed", "lr", "sampling", "total_steps"),  # a row per grid point and rung

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from lingo_core.cliparse import fail
+
 _USAGE = "usage: python -m lingo_core train [--help | flags | key=value ...]"
 
 
@@ -14,11 +16,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "train":
+        # training imports torch + transformers; `python -m lingo_core --help` needs neither
         from lingo_core.cli import train_main
 
         return train_main(rest)
-    from lingo_core.cliparse import fail
-
     return fail("python -m lingo_core", f"unknown command {command!r}; expected train ({_USAGE})")
 
 

@@ -4,6 +4,9 @@ Only JSON (lingo.json, adapter_config.json) and safetensors are ever read from a
 holds a pickle-format file (.bin, .pt, .pkl, ...) is refused outright, without opening that file, so
 neither PEFT's `.bin` fallback nor anything else can unpickle it. Every listed file must exist, match the
 sha256 that lingo.json recorded when it was written, and (for .safetensors) parse as safetensors.
+
+This module owns the folder format (FORMAT_VERSION, PEFT_METHODS, the files each method writes);
+artifacts.py writes and loads folders of that format, so it imports this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -11,6 +14,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+from safetensors import SafetensorError, safe_open
+
+from lingo_core.storage import sha256_file
+
+FORMAT_VERSION = 1
+"""lingo.json schema version; bump when the folder layout changes."""
+
+PEFT_METHODS = ("ars", "lora", "adalora", "prefix")
+"""Methods whose trainable part is a PEFT adapter saved with `save_pretrained`."""
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 """File types that torch/joblib write with pickle; never loaded from an adapter folder."""
@@ -23,8 +36,6 @@ class AdapterError(ValueError):
 
 
 def _method_files(method: str) -> tuple[str, ...]:
-    from lingo_core.artifacts import PEFT_METHODS
-
     if method in PEFT_METHODS:
         return ("adapter_config.json", "adapter_model.safetensors", "head.safetensors")
     if method == "full":
@@ -37,6 +48,7 @@ def _is_int(v: Any) -> bool:
 
 
 def _key_checks() -> dict[str, tuple[Any, str]]:
+    # lingo_core.tuners imports torch and PEFT (its package __init__); a folder check needs only the names
     from lingo_core.tuners import METHODS
 
     return {
@@ -54,8 +66,6 @@ def _key_checks() -> dict[str, tuple[Any, str]]:
 
 def read_adapter_meta(path: Path) -> dict:
     """lingo.json of an adapter folder, after checking the folder; AdapterError on any problem."""
-    from lingo_core.artifacts import FORMAT_VERSION
-
     path = Path(path)
     if not path.is_dir():
         raise AdapterError(f"{path}: not a folder; expected a Lingo adapter folder holding {META}")
@@ -96,10 +106,6 @@ def read_adapter_meta(path: Path) -> dict:
 
 
 def _check_file(folder: Path, name: str, want: str | None, meta_file: Path) -> None:
-    from safetensors import SafetensorError, safe_open
-
-    from lingo_core.storage import sha256_file
-
     file = folder / name
     if Path(name).is_absolute() or ".." in Path(name).parts or not file.is_file():
         raise AdapterError(f"{file}: missing (listed in {meta_file.name} 'files'); expected the file written "

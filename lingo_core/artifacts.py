@@ -18,17 +18,13 @@ from typing import Any
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from lingo_core.adapter_checks import AdapterError, read_adapter_meta
+from lingo_core.adapter_checks import FORMAT_VERSION, PEFT_METHODS, AdapterError, read_adapter_meta
+from lingo_core.modeling import BaseModelRef, load_classifier, load_tokenizer, model_identity, resolve_model
 from lingo_core.storage import atomic_dir, sha256_file
-
-PEFT_METHODS = ("ars", "lora", "adalora", "prefix")
-"""Methods whose trainable part is a PEFT adapter saved with `save_pretrained`."""
+from lingo_core.tokenization import LingoTokenizer, PromptTemplate
 
 RANK_METHODS = ("ars", "adalora")
 """Methods whose adapter_config.json needs the final rank_pattern (AdaLoRA resizes on load from it)."""
-
-FORMAT_VERSION = 1
-"""lingo.json schema version; bump when the folder layout changes."""
 
 _HEAD_NAMES = ("score", "classifier", "classification_head")  # LLaMA/OPT use score; BERT-likes classifier
 
@@ -130,8 +126,6 @@ def save_adapter(
 def resolve_base(meta: dict, base_model: str | Path | None = None, meta_file: Path | None = None):
     """The BaseModelRef an export was trained on (or `base_model`), verified against its recorded sha256;
     AdapterError "<lingo.json>: base_model.sha256: base model mismatch ..." when the weights found differ."""
-    from lingo_core.modeling import BaseModelRef, model_identity, resolve_model
-
     ident = meta["base_model"]
     if base_model is not None:
         ref = resolve_model(str(base_model))
@@ -165,7 +159,7 @@ def apply_adapter(model: nn.Module, path: str | Path, meta: dict) -> nn.Module:
     method = meta["method"]
     try:
         if method in PEFT_METHODS:
-            from peft import PeftModel
+            from peft import PeftModel  # PEFT is heavy and only PEFT-format exports need it
 
             with warnings.catch_warnings():
                 # AdaLoRA keys rank_pattern by parameter ('...q_proj.lora_E'), which PEFT's generic LoRA-style
@@ -193,9 +187,6 @@ def load_adapter(path: str | Path, base_model: str | Path | None = None):
     and verified against the recorded sha256. Every problem is an AdapterError naming the file and key.
     Only JSON and safetensors are read; nothing is unpickled.
     """
-    from lingo_core.modeling import load_classifier, load_tokenizer
-    from lingo_core.tokenization import LingoTokenizer, PromptTemplate
-
     path = Path(path)
     meta = read_meta(path)
     ref = resolve_base(meta, base_model, path / "lingo.json")

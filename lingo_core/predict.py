@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from lingo_core.artifacts import apply_adapter, read_meta, resolve_base
-from lingo_core.data.loading import DataError, invalid_letter
+from lingo_core.data.errors import DataError
+from lingo_core.data.loading import invalid_letter
 from lingo_core.modeling import load_classifier, load_tokenizer, model_identity
 from lingo_core.tokenization import LingoTokenizer, PromptTemplate
 

@@ -34,17 +34,18 @@ def tune_parser() -> argparse.ArgumentParser:
 
 
 def tune_main(argv: Sequence[str]) -> int:
-    from orchestrator.jobspec import JobSpecError, load_job
-
     # intermixed: `JOB --dry-run train.epochs=2` is as natural as `JOB train.epochs=2 --dry-run`
     args = tune_parser().parse_intermixed_args(list(argv))
+    # after parsing, so `lingo tune --help` stays fast: validation loads torch + PEFT, the sweep Ray + MLflow
+    from orchestrator.jobspec import JobSpecError, resolve_tasks
+    from orchestrator.validate import load_job
+
     try:
         job = load_job(args.job, args.overrides)  # every spec problem surfaces here, before Ray starts
     except JobSpecError as e:
         print(f"lingo tune: error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        from orchestrator.jobspec import resolve_tasks
         from orchestrator.search import describe_trials, format_trials
 
         rows = describe_trials(job, resolve_tasks(job))
@@ -69,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"usage:\n{USAGE}")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    # each command's module only when it runs: they pull torch, Ray or MLflow, and `lingo --help` needs none
     if command == "tune":
         return tune_main(rest)
     if command == "train":

@@ -3,7 +3,8 @@
 Every problem is reported before any trial starts, as ``JobSpecError("<file>[:line]: <key.path>: <problem>")``:
 a file that is not UTF-8 or YAML or repeats a key, unknown keys (with close matches), wrong types, unknown
 tasks or methods, impossible rank budgets and ARS schedules that cannot fit into the computable number of
-training steps.
+training steps. This module parses (structure, types, key paths); ``orchestrator.validate.load_job`` reads,
+overrides, parses and then checks the spec against lingo_core, the one entry point for callers.
 
 Layout (see ``jobs/default.yaml``): top-level identity (name, tasks, methods, seeds, model, data), ``train``
 (``TrainConfig`` defaults of every trial), ``search`` (per method: hyperparameter -> value or distribution),
@@ -25,8 +26,8 @@ from lingo_core.selection import SELECTION
 from orchestrator.specfields import FieldError, build, coerce, load_yaml, suggest
 
 __all__ = [
-    "JobSpec", "JobSpecError", "FieldError", "Dist", "BudgetSpec", "load_job", "parse_overrides",
-    "read_job_file", "resolve_tasks",
+    "JobSpec", "JobSpecError", "FieldError", "Dist", "BudgetSpec", "apply_override", "parse_job",
+    "parse_overrides", "read_job_file", "resolve_tasks",
 ]
 
 SEARCH_ALL = "all"  # search key whose space applies to every method (a method's own entry wins)
@@ -285,7 +286,7 @@ class JobSpec:
         return {**self.search.get(SEARCH_ALL, {}), **self.search.get(method, {})}
 
     def to_dict(self) -> dict:
-        """Plain YAML-able dict; ``load_job`` of its dump gives an equal JobSpec."""
+        """Plain YAML-able dict; ``orchestrator.validate.load_job`` of its dump gives an equal JobSpec."""
         out = dataclasses.asdict(self)
         out["search"] = {m: {k: v.to_yaml() if isinstance(v, Dist) else copy.deepcopy(v) for k, v in space.items()}
                          for m, space in self.search.items()}
@@ -340,8 +341,9 @@ def apply_override(raw: dict, key: str, value: Any) -> None:
 # --------------------------------------------------------------------------------------- loading
 
 
-def _parse(raw: Any) -> JobSpec:
-    """Structure + types; the parts that need lingo_core (tasks, TrainConfig) follow in ``_check_core``."""
+def parse_job(raw: Any) -> JobSpec:
+    """Structure + types (FieldError with the key path); what needs lingo_core (tasks, TrainConfig, schedules)
+    is checked next, by ``orchestrator.validate.validate_job``."""
     if not isinstance(raw, dict):
         raise FieldError("", f"expected a mapping at the top level, got {type(raw).__name__}")
     raw = dict(raw)
@@ -383,37 +385,11 @@ def read_job_file(path: str | Path) -> Any:
         raise JobSpecError(f"{source}:{e.line}" if e.line else source, e.path, e.problem) from None
 
 
-def load_job(path: str | Path, overrides: typing.Sequence[str] = ()) -> JobSpec:
-    """Read, override, validate. Raises JobSpecError naming the file (or the override) and key path."""
-    source = str(path)
-    raw = read_job_file(path)
-    parsed = parse_overrides(overrides)
-    if isinstance(raw, dict):
-        for key, value in parsed:
-            apply_override(raw, key, value)
-    try:
-        job = _parse(raw)
-        from orchestrator.search import validate_job  # search builds on this module: import late
-
-        validate_job(job)
-    except FieldError as e:
-        raise JobSpecError(_source_of(e.path, source, parsed, overrides), e.path, e.problem) from None
-    return job
-
-
-def _source_of(path: str, source: str, parsed: list, overrides: typing.Sequence[str]) -> str:
-    """Blame the override that set ``path`` (or a parent / child of it), else the file."""
-    for (key, _), text in zip(reversed(parsed), reversed(list(overrides)), strict=True):
-        if path == key or path.startswith(key + ".") or key.startswith(path + ".") or (
-                path.startswith(key + "[")):
-            return f"{source} (override {text!r})"
-    return source
-
-
 # --------------------------------------------------------------------------------------- tasks, budgets
 
 
 def task_registry(job: JobSpec):
+    # pyarrow (the registry reads task data) only here: parsing a spec (`lingo submit` first) needs none
     from lingo_core.data.task import TaskRegistry
 
     try:

@@ -22,9 +22,15 @@ from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here; never phone home
 
+import mlflow.pyfunc  # noqa: E402
+import numpy as np  # noqa: E402
+from mlflow.models import ModelSignature  # noqa: E402
+from mlflow.types import ColSpec, Schema  # noqa: E402
+
 import lingo_core  # noqa: E402
 from lingo_core.artifacts import read_meta  # noqa: E402
 from lingo_core.modeling import is_bundled_alias  # noqa: E402
+from lingo_core.predict import prediction_columns  # noqa: E402
 from orchestrator.tracking import ADAPTER_ARTIFACT, MODEL_ARTIFACT  # noqa: E402
 
 CODE_FILE = Path(__file__).with_name("pyfunc_model.py")
@@ -60,14 +66,8 @@ def pin(name: str) -> str:
     return f"{name}=={version.split('+', 1)[0]}"  # "2.13.0+cpu": the index picks the build
 
 
-def signature(meta: dict):
+def signature(meta: dict) -> ModelSignature:
     """Input: `sequence` (string), optional `id`. Output: id (when given), label, label_name, prob_<class>."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    from lingo_core.predict import prediction_columns
-
     names = prediction_columns(meta["label_names"], np.zeros((0, meta["num_labels"])))
     types = {"label": "long", "label_name": "string"}
     outputs = [ColSpec("string", "id", required=False)]
@@ -91,8 +91,6 @@ def save_pyfunc(adapter_dir: str | Path, out_dir: str | Path) -> Path:
 
 
 def _save(adapter_dir: Path, meta: dict, out_dir: str | Path) -> None:
-    import mlflow.pyfunc
-
     mlflow.pyfunc.save_model(
         str(out_dir),
         python_model=str(CODE_FILE),  # models-from-code: MLflow runs this file on load, nothing is pickled

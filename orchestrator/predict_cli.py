@@ -19,6 +19,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+# MLflow (orchestrator.tracking), torch (lingo_core.predict, lingo_core.artifacts), pyarrow and tqdm are
+# imported inside the functions that use them: `lingo predict --help` and argument errors answer without them.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr carries our bar and errors only
 
@@ -67,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def tracking_uri(given: str | None) -> str:
-    from orchestrator import tracking
+    from orchestrator import tracking  # MLflow: heavy, see the note at the top
 
     uri = given or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(DEFAULT_TRACKING)
     if uri.startswith("sqlite:///"):
@@ -80,6 +84,7 @@ def tracking_uri(given: str | None) -> str:
 def resolve(uri: str, tracking: str, dst: Path) -> ModelSource:
     """Registry URI -> the downloaded version's export folder. Versions registered before pyfunc models
     existed point at the bare export folder; that still works here."""
+    # MLflow: heavy, see the note at the top
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
@@ -114,9 +119,7 @@ def resolve(uri: str, tracking: str, dst: Path) -> ModelSource:
 def adapter_folder(local: Path) -> Path | None:
     """The export inside a downloaded version: the pyfunc model's adapter artifact (where its MLmodel
     says), or the folder itself for versions registered before pyfunc models existed."""
-    import yaml
-
-    from orchestrator import tracking as trk
+    from orchestrator import tracking as trk  # MLflow: heavy, see the note at the top
 
     if (local / "MLmodel").is_file():
         conf = yaml.safe_load((local / "MLmodel").read_text()) or {}
@@ -128,7 +131,7 @@ def adapter_folder(local: Path) -> Path | None:
 
 
 def _columns(sources: list[ModelSource], predictor, table, probs) -> dict[str, object]:
-    from lingo_core.predict import prediction_columns
+    from lingo_core.predict import prediction_columns  # torch: heavy, see the note at the top
 
     out: dict[str, object] = {"id": table.column("id"), "sequence": table.column("sequence")}
     for adapter, p in zip(predictor.adapters, probs, strict=True):
@@ -137,10 +140,12 @@ def _columns(sources: list[ModelSource], predictor, table, probs) -> dict[str, o
 
 
 def run(args: argparse.Namespace) -> Path:
+    # pyarrow, tqdm and torch: heavy, see the note at the top
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
+    from lingo_core.artifacts import read_meta
     from lingo_core.data.sequences import read_sequences
     from lingo_core.predict import Predictor, PredictSettings
 
@@ -157,8 +162,6 @@ def run(args: argparse.Namespace) -> Path:
     uri = tracking_uri(args.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="lingo-predict-") as tmp:
         sources = [resolve(u, uri, Path(tmp)) for u in args.model]
-        from lingo_core.artifacts import read_meta
-
         tasks = [read_meta(s.adapter_dir)["task"] for s in sources]
         if len(set(tasks)) < len(tasks):
             dup = next(t for t in tasks if tasks.count(t) > 1)
@@ -178,10 +181,11 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lingo_core.data.loading import DataError
+    args = parser().parse_args(argv)
+    # after parsing, so --help answers at once: torch (lingo_core.predict), pyarrow (lingo_core.data)
+    from lingo_core.data.errors import DataError
     from lingo_core.predict import PredictError
 
-    args = parser().parse_args(argv)
     try:
         out = run(args)
     except (PredictCliError, PredictError, DataError, FileNotFoundError) as e:

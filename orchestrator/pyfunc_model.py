@@ -18,12 +18,14 @@ ADAPTER_ARTIFACT = "adapter"  # key of the export in the model's artifacts; = or
 
 class LingoModel(PythonModel):
     def load_context(self, context) -> None:
+        # torch + transformers: executing this file (MLflow does so when it saves the model, too) stays
+        # light; they load with the model
         from lingo_core.predict import Predictor
 
         self.predictor = Predictor([context.artifacts[ADAPTER_ARTIFACT]])
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        from lingo_core.predict import prediction_columns
+        from lingo_core.predict import prediction_columns  # loaded by load_context already; see there
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "sequence" not in frame.columns:

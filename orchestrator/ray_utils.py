@@ -7,6 +7,8 @@ import os
 import signal
 import time
 
+import psutil  # installed with ray[default]
+
 RAY_DAEMONS = ("raylet", "gcs_server")  # the two long-lived daemons of every Ray node
 
 
@@ -14,8 +16,6 @@ def ray_daemon_pids(root: int | None = None) -> set[int]:
     """pids of the raylet / gcs_server processes descending from process `root` (default: this one).
     `ray.init()` starts a local cluster's daemons as children of the driver, so this finds exactly the
     clusters this process started, and never another session's on the same host."""
-    import psutil  # ships with ray[default]
-
     try:
         procs = psutil.Process(root or os.getpid()).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -43,8 +43,6 @@ def wait_gone(pids: set[int], timeout_s: float = 20.0) -> set[int]:
 
 
 def _running(pid: int) -> bool:
-    import psutil
-
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:

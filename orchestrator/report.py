@@ -23,8 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from lingo_core.selection import SELECTION
 from orchestrator import tracking
+from orchestrator.summary import best_per_seed, plot_summary, render_markdown, summary_table
+from orchestrator.sweep import STATE_FILE, collect_trials
 
 REPORT_DIR = "report"  # default output folder inside the sweep folder, and the parent run's artifact path
 ARTIFACT_PATH = REPORT_DIR
@@ -59,8 +63,6 @@ def _open_client(uri: str, what: str):
 
 
 def _parent(c, run_id: str, what: str):
-    from mlflow.exceptions import MlflowException
-
     try:
         run = c.get_run(run_id)
     except MlflowException:
@@ -72,8 +74,6 @@ def _parent(c, run_id: str, what: str):
 
 def from_sweep_dir(folder: Path) -> Sweep:
     """A `lingo tune` output folder: its sweep.json names the store, experiment and parent run."""
-    from orchestrator.sweep import STATE_FILE
-
     state_file = folder / STATE_FILE
     if not state_file.is_file():
         raise ReportError(f"{folder}: not a sweep folder (no {STATE_FILE}); expected the output folder of "
@@ -112,8 +112,6 @@ def from_experiment(name: str, tracking_uri: str | None, run_id: str | None = No
         run = parents[0]
     else:
         run = _parent(c, run_id, f"experiment {name!r}")
-    from orchestrator.sweep import STATE_FILE
-
     folder = Path(run.data.params.get("output_dir", default_dir))  # the job's output_dir, logged by the sweep
     local = folder if (folder / STATE_FILE).is_file() else None
     return Sweep(run.data.tags[tracking.SWEEP_TAG], uri, exp.experiment_id, exp.name, run.info.run_id,
@@ -134,8 +132,6 @@ def resolve(target: str, tracking_uri: str | None = None, run_id: str | None = N
 
 def _result_json(c, run_id: str, tmp: Path) -> dict:
     """The trial's result.json artifact ({} when it has none, e.g. a trial killed before its end)."""
-    from mlflow.exceptions import MlflowException
-
     try:
         local = c.download_artifacts(run_id, tracking.RESULT_ARTIFACT, str(tmp))
     except (MlflowException, OSError):
@@ -187,9 +183,8 @@ def render_registry(rows: Sequence[dict]) -> str:
 
 def build(sweep: Sweep, folder: Path) -> list[str]:
     """Write every report file into ``folder`` (empty); returns their names."""
+    # matplotlib (through lingo_core.plots) is heavy: only when a report is drawn, not for `--help`
     from lingo_core.plots import curve_panels_png, rank_by_layer_png
-    from orchestrator.summary import best_per_seed, plot_summary, render_markdown, summary_table
-    from orchestrator.sweep import collect_trials
 
     c = tracking.client(sweep.tracking_uri)
     # MLflow lists runs newest first; list tasks by name and methods in the job's order instead

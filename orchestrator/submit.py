@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shlex
 import sys
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lingo_core.cliparse import ArgumentParser
-from orchestrator.jobspec import JobSpecError, load_job, read_job_file
+from orchestrator.jobspec import JobSpecError, read_job_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # the dashboard of a local `ray start --head`
@@ -71,6 +72,9 @@ def prepare(job_path: str | Path, overrides: Sequence[str], validate: bool = Tru
                            "which is what gets uploaded; copy it into jobs/") from None
     uses_gpu = True
     if validate:
+        # validation builds TrainConfigs (torch + PEFT): imported here so `lingo submit --help` stays fast
+        from orchestrator.validate import load_job
+
         job = load_job(path, list(overrides))  # JobSpecError names file + key path
         uses_gpu = job.resources.gpus_per_worker > 0
     else:
@@ -96,14 +100,12 @@ def _token_auth_if_available() -> None:
     token exists (~/.ray/auth_token, $RAY_AUTH_TOKEN[_PATH]), and `ray.init` follows the same rule, but the Job
     Submission SDK only sends the token when $RAY_AUTH_MODE=token: without this every request gets HTTP 401.
     An explicit $RAY_AUTH_MODE is respected."""
-    try:
+    try:  # local: Ray is heavy (`lingo submit --help` needs none of it); a private module, not in every Ray
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available,
         )
     except ImportError:  # a Ray without token authentication
         return
-    import logging
-
     # It logs "Token authentication is enabled ..." each time: noise on every `lingo jobs` call, and it
     # would make an error more than one line on stderr.
     log = logging.getLogger("ray._private.authentication.authentication_token_setup")
@@ -118,6 +120,7 @@ def _token_auth_if_available() -> None:
 def connect(address: str):
     """A JobSubmissionClient for ``address`` (it checks the connection); ClusterError when nothing answers
     or the cluster refuses our credentials."""
+    # Ray is heavy: imported when a cluster is contacted, not for `lingo submit --help` or a spec error
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
@@ -153,7 +156,7 @@ def submit(address: str, entrypoint: str, env: dict, submission_id: str | None =
 
 def follow(address: str, job_id: str, out=sys.stdout, timeout_s: float | None = None) -> str:
     """Stream the job's logs until it ends; returns its final status name."""
-    from ray.job_submission import JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient  # Ray is heavy: see connect
 
     client = JobSubmissionClient(address)
 

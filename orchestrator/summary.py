@@ -123,6 +123,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
 
 def plot_summary(rows: Sequence[dict], path: Path) -> None:
     """Grouped bars: tasks on x, one bar per method, error bars = std over seeds."""
+    # matplotlib is heavy: imported only when the PNG is drawn (the table and Parquet need none of it)
     import matplotlib
 
     matplotlib.use("Agg")  # headless: Ray workers and CI have no display

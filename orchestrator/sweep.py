@@ -14,10 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lingo_core.data.digest import task_digest
 from lingo_core.selection import SELECTION
 from orchestrator import journal, tracking
-from orchestrator.jobspec import JobSpec
+from orchestrator.jobspec import JobSpec, resolve_tasks
+from orchestrator.summary import write_summary
 from orchestrator.trial import TRACKING_WAIT_S, TRIAL_CPU, SweepContext, run_trial
+
+# Ray and torch (also through orchestrator.search and orchestrator.mlflow_model) are imported inside the
+# functions that run a sweep: `lingo report` imports this module for STATE_FILE and collect_trials only.
 
 # Environment every Ray worker needs, forwarded from the driver when set (defaults below otherwise).
 FORWARD_ENV = ("LINGO_DATA_ROOT", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HOME", "HF_HUB_OFFLINE",
@@ -86,7 +91,7 @@ def _how_many(total: float, need: float) -> int:
 
 def _init_ray(job: JobSpec, address: str | None) -> tuple[bool, int]:
     """Start or join Ray. Returns (this call started/connected Ray, trial concurrency that fits)."""
-    import ray
+    import ray  # heavy: see the note at the top
 
     started = not ray.is_initialized()
     # Inside a Ray Job (`lingo submit`) the job's runtime env already sets some of these variables for every
@@ -121,7 +126,7 @@ def _job_env_keys() -> set[str]:
 
 
 def _local_gpus() -> int:
-    import torch
+    import torch  # heavy: see the note at the top
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
@@ -147,7 +152,7 @@ def _tracking(job: JobSpec, resume: bool) -> tuple[str, str, str]:
 
 
 def _scheduler(job: JobSpec):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # heavy: see the note at the top
 
     s = job.scheduler
     if s.type == "fifo":
@@ -158,7 +163,7 @@ def _scheduler(job: JobSpec):
 
 
 def _reporter():
-    from ray.tune import CLIReporter
+    from ray.tune import CLIReporter  # heavy: see the note at the top
 
     return CLIReporter(
         parameter_columns={"cell/task": "task", "cell/method": "method", "cell/seed": "seed"},
@@ -169,9 +174,9 @@ def _reporter():
 
 
 def _tuner(job: JobSpec, ctx: SweepContext, resume: bool, concurrency: int):
+    # heavy (Ray; torch through search): see the note at the top
     from ray import tune
 
-    from orchestrator.jobspec import resolve_tasks
     from orchestrator.search import build_param_space
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": TRIAL_CPU})
@@ -210,9 +215,7 @@ def register(c, job: JobSpec, trials: list[dict]) -> dict[str, tracking.Registra
     out: dict[str, tracking.Registration] = {}
     key = SELECTION.dev_key
     done = [t for t in trials if t["status"] == "FINISHED" and _finite(t[key]) and _finite(t["test_mcc"])]
-    from lingo_core.data.digest import task_digest
-    from orchestrator.jobspec import resolve_tasks
-    from orchestrator.mlflow_model import DATA_TAG, GIT_TAG, git_commit
+    from orchestrator.mlflow_model import DATA_TAG, GIT_TAG, git_commit  # torch: see the note at the top
 
     specs = {spec.name: spec for spec in resolve_tasks(job)}
     commit = git_commit()
@@ -268,9 +271,7 @@ class _InterruptProbe:
 
 
 def run_sweep(job: JobSpec, resume: bool = False, address: str | None = None) -> SweepResult:
-    import ray
-
-    from orchestrator.summary import write_summary
+    import ray  # heavy: see the note at the top
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # use the CLIReporter table (task/method/dev_mcc)
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")

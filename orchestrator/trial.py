@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator import journal, tracking
+
 # Worker-group restarts per trial (a killed worker, a raised error) come from the job's `max_failures`
 # (jobspec.py); each restart resumes from the last reported checkpoint.
 # Restarts of the Train controller itself; it is light and failures there are infrastructure hiccups.
@@ -34,6 +36,7 @@ class SweepContext:
 def trial_config(job: Any, config: dict, trial_id: str) -> Any:
     """The trial's TrainConfig; its output folder gets the trial id (num_samples > 1 draws of one cell
     would otherwise share it)."""
+    # torch (through search) only in a trial process: sweep.py, which `lingo report` reads, imports this file
     from orchestrator.search import materialize_trial
 
     cfg = materialize_trial(job, config)
@@ -42,12 +45,12 @@ def trial_config(job: Any, config: dict, trial_id: str) -> Any:
 
 
 def run_trial(config: dict, ctx: SweepContext) -> None:
+    # Ray and torch (through worker) only in a trial process, for the reason in trial_config
     import ray.tune
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from orchestrator import journal, tracking
     from orchestrator.worker import train_worker_fn
 
     job = ctx.job

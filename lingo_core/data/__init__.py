@@ -1,6 +1,7 @@
 """Genome task registry and data loading (see docs/DESIGN.md, "Data")."""
 
-from lingo_core.data.loading import DataError, DataOverlapWarning, load_split, load_task
+from lingo_core.data.errors import DataError
+from lingo_core.data.loading import DataOverlapWarning, load_split, load_task
 from lingo_core.data.task import (
     TaskRegistry,
     TaskSpec,

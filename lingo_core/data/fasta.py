@@ -23,6 +23,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lingo_core.data.errors import DataError, decode_utf8
+
 FASTA_SUFFIXES = (".fa", ".fasta", ".fna")
 
 
@@ -45,8 +47,6 @@ def split_file(folder: Path, split: str) -> Path | None:
     """The headers-convention file for a split, or None."""
     hits = [folder / n for n in _fasta_names(split) if (folder / n).is_file()]
     if len(hits) > 1:
-        from lingo_core.data.loading import DataError
-
         raise DataError(f"{folder}: several files for split {split!r}: {[h.name for h in hits]}; keep one")
     return hits[0] if hits else None
 
@@ -89,8 +89,6 @@ class FastaRecords:
 
 
 def _open_text(path: Path) -> str:
-    from lingo_core.data.loading import DataError
-
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -102,12 +100,7 @@ def _open_text(path: Path) -> str:
             raise DataError(
                 f"{path}: unreadable or truncated gzip ({exc}); expected a complete .gz file"
             ) from exc
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); expected a FASTA text "
-                        "file") from exc
+    return decode_utf8(path, raw, "a FASTA text file")
 
 
 def header_label(header: str) -> str | None:
@@ -123,8 +116,6 @@ def header_label(header: str) -> str | None:
 
 def read_fasta(path: Path, out: FastaRecords, fixed_label: str | None = None) -> FastaRecords:
     """Append the records of one file; ``fixed_label`` sets every label (per-class files)."""
-    from lingo_core.data.loading import DataError
-
     chunks: list[str] | None = None
     for lineno, line in enumerate(_open_text(path).splitlines(), start=1):
         line = line.strip()
@@ -157,8 +148,6 @@ def read_fasta(path: Path, out: FastaRecords, fixed_label: str | None = None) ->
 def read_split(folder: Path, split: str, classes: tuple[str, ...] | None = None) -> FastaRecords:
     """Records of one split in either convention. ``classes`` maps per-class stems to label ids
     (defaults to the train classes); a missing split raises DataError naming the expected path."""
-    from lingo_core.data.loading import DataError
-
     layout = detect_layout(folder)
     if layout == "headers":
         path = split_file(folder, split)

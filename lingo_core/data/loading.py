@@ -18,16 +18,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from lingo_core.data.errors import DataError
+from lingo_core.data.fasta import detect_layout, read_split, train_classes
+
 if TYPE_CHECKING:
     from lingo_core.data.task import TaskSpec
 
 COLUMNS = ("sequence", "label")
 ALPHABET = "ACGTN"
 _MAX_INVALID_ROWS = 64  # enough to find the first malformed row without keeping a whole broken file
-
-
-class DataError(ValueError):
-    """Bad input data. Message: "<file>:<line>: <problem>; expected <what>"."""
 
 
 class DataOverlapWarning(UserWarning):
@@ -123,8 +122,6 @@ def _read_csv(path: Path) -> tuple[pa.Table, Locator]:
 
 
 def _read_fasta(folder: Path, split: str, task: TaskSpec | None) -> tuple[pa.Table, Locator, str]:
-    from lingo_core.data.fasta import read_split
-
     classes = task.label_names if task is not None else None
     recs = read_split(folder, split, classes=classes)
     table = pa.table(
@@ -242,8 +239,6 @@ def infer_task_stats(folder: Path, source: str) -> tuple[int, int, int, tuple[st
     for folders without a tasks.json entry."""
     classes = None
     if source == "fasta":
-        from lingo_core.data.fasta import detect_layout, train_classes
-
         if detect_layout(folder) == "per_class":
             classes = train_classes(folder)
     table = _load(folder, source, "train", None)

@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lingo_core.cliparse import ArgumentParser
-from lingo_core.data.loading import DataError, load_split
+from lingo_core.data.errors import DataError
+from lingo_core.data.loading import load_split
 from lingo_core.data.task import SPLITS, TaskRegistry, TaskSpec, UnknownTaskError
 
 DEFAULT_OUT = Path("runs/data-report")  # beside other run outputs, ignored by git
@@ -70,6 +71,7 @@ class Report:
 def _length_functions(tokenizer) -> tuple[Callable[[list[str], str], np.ndarray], Callable[[str], int]]:
     """(BBPE prompt lengths of sequences, one-hot template overhead), both through LingoTokenizer so
     the report counts exactly the tokens training sees."""
+    # torch + transformers (through tokenization) only once a report is built, not for `--help`
     from lingo_core.tokenization import LingoTokenizer
 
     bbpe = LingoTokenizer(tokenizer, mode="bbpe", max_length=None)  # None: measure, never cut
@@ -142,6 +144,7 @@ def build_report(
     registry = TaskRegistry.from_root(root)
     selected = registry.select(list(tasks))
     if tokenizer is None:
+        # transformers is heavy: imported only when no tokenizer was handed in (tests pass one)
         from lingo_core.modeling import load_tokenizer, resolve_model
 
         tokenizer = load_tokenizer(resolve_model(model))
@@ -237,6 +240,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def plot_histograms(report: Report, path: Path) -> None:
+    # matplotlib is heavy: imported only when the histogram PNG is written, not for the table or --help
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display on servers / CI

@@ -16,24 +16,21 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 
-from lingo_core.data.loading import ALPHABET, DataError, _read_bytes
+from lingo_core.data.errors import DataError, decode_utf8
+from lingo_core.data.fasta import FastaRecords, _open_text, is_fasta, read_fasta
+from lingo_core.data.loading import ALPHABET, _read_bytes
 
 FORMATS = ".csv, .csv.gz, .fa/.fasta/.fna[.gz], .parquet or .txt"
 
 
-def _decode(path: Path, data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); expected UTF-8 "
-                        "text (save the file as UTF-8)") from None
+_UTF8 = "UTF-8 text (save the file as UTF-8)"  # what decode_utf8's error asks for
 
 
 def _from_csv(path: Path) -> tuple[pa.Table, str]:
     data = _read_bytes(path)
-    _decode(path, data)  # pyarrow's own message would not say where
+    decode_utf8(path, data, _UTF8)  # pyarrow's own message would not say where
     if not data.strip():
         raise DataError(f"{path}:1: empty file; expected a header line with a 'sequence' column")
     try:
@@ -46,8 +43,6 @@ def _from_csv(path: Path) -> tuple[pa.Table, str]:
 
 
 def _from_parquet(path: Path) -> tuple[pa.Table, str]:
-    import pyarrow.parquet as pq
-
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
@@ -61,8 +56,6 @@ def _from_parquet(path: Path) -> tuple[pa.Table, str]:
 
 
 def _from_fasta(path: Path) -> tuple[pa.Table, str]:
-    from lingo_core.data.fasta import FastaRecords, _open_text, read_fasta
-
     recs = read_fasta(path, FastaRecords(), fixed_label="")  # no labels to predict from
     if not recs.sequences:
         raise DataError(f"{path}:1: no FASTA records; expected '>id' header lines each followed by a sequence")
@@ -72,7 +65,7 @@ def _from_fasta(path: Path) -> tuple[pa.Table, str]:
 
 
 def _from_text(path: Path) -> tuple[pa.Table, str]:
-    text = _decode(path, _read_bytes(path))
+    text = decode_utf8(path, _read_bytes(path), _UTF8)
     rows = [(i, ln.strip()) for i, ln in enumerate(text.splitlines(), start=1) if ln.strip()]
     if not rows:
         raise DataError(f"{path}:1: empty file; expected one DNA sequence per line")
@@ -80,8 +73,6 @@ def _from_text(path: Path) -> tuple[pa.Table, str]:
 
 
 def _reader(path: Path):
-    from lingo_core.data.fasta import is_fasta
-
     name = path.name.lower()
     if name.endswith((".csv", ".csv.gz")):
         return _from_csv

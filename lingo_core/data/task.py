@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lingo_core.data.loading import DataError
+from lingo_core.data.errors import DataError
+from lingo_core.data.fasta import detect_layout
+from lingo_core.data.loading import infer_task_stats
 
 SOURCES = ("csv", "fasta")
 SPLITS = ("train", "dev", "test")
@@ -331,9 +333,6 @@ def _manifest_entry(root: Path, manifest: Path, i: int, e: object) -> TaskSpec:
 
 
 def _scan(root: Path) -> list[TaskSpec]:
-    from lingo_core.data.fasta import detect_layout
-    from lingo_core.data.loading import infer_task_stats
-
     tasks = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()

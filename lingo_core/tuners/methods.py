@@ -21,6 +21,7 @@ from peft import AdaLoraConfig, LoraConfig, PrefixTuningConfig, TaskType, get_pe
 from torch import nn
 from transformers import PreTrainedModel
 
+from lingo_core.modeling import DEFAULT_TARGET_MODULES, family
 from lingo_core.tuners.ars import RankController, RankSchedule, gate_svd_layers
 from lingo_core.tuners.config import (
     DEFAULT_INIT_R,
@@ -40,7 +41,6 @@ _FALLBACK_N_TRAIN = 10_000  # ranks unresolved at build time: use the middle tie
 
 def default_target_modules(model: nn.Module) -> list[str]:
     """Attention + MLP projections of the model's family (lingo_core.modeling.DEFAULT_TARGET_MODULES)."""
-    from lingo_core.modeling import DEFAULT_TARGET_MODULES, family
 
     fam = family(model)
     if fam not in DEFAULT_TARGET_MODULES:

@@ -22,8 +22,8 @@ from orchestrator.worker import FAIL_TASK_ENV, KILL_ENV
 @pytest.mark.integration
 def test_killed_worker_resumes_from_checkpoint(tmp_path: Path, tiny_model_dir: Path, gue_root: Path,
                                                monkeypatch) -> None:
-    from orchestrator.jobspec import load_job
     from orchestrator.sweep import run_sweep
+    from orchestrator.validate import load_job
 
     marker = tmp_path / "killed.txt"
     monkeypatch.setenv(KILL_ENV, str(marker))  # forwarded to the Ray workers by the sweep's runtime env

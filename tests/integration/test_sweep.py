@@ -49,8 +49,8 @@ def test_sweep_end_to_end(tmp_path: Path, tiny_model_dir: Path, gue_root: Path, 
     from lingo_core.artifacts import load_adapter
     from lingo_core.data.loading import load_split
     from lingo_core.data.task import TaskRegistry
-    from orchestrator.jobspec import load_job
     from orchestrator.sweep import run_sweep
+    from orchestrator.validate import load_job
 
     t0 = time.perf_counter()
     job = load_job(write_job(tmp_path, "sweep1", tiny_model_dir))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main as lingo
-from orchestrator.jobspec import load_job
+from orchestrator.validate import load_job
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOBS = sorted((REPO_ROOT / "jobs").glob("*.yaml"))

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.jobspec import Dist, JobSpecError, load_job, resolve_tasks
+from orchestrator.jobspec import Dist, JobSpecError, resolve_tasks
+from orchestrator.validate import load_job
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = sorted((REPO / "jobs").glob("*.yaml"))

@@ -11,7 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.jobspec import JobSpecError, load_job
+from orchestrator.jobspec import JobSpecError
+from orchestrator.validate import load_job
 
 BASE = "name: t\ntasks: [prom_core_tata]\nmethods: [lora]\ntrain: {epochs: 1, max_train_samples: 64}\n"
 SECRET = "s3cr3t-token-value-7f1e"

@@ -9,8 +9,9 @@ import pytest
 import yaml
 from ray.tune.search.variant_generator import generate_variants
 
-from orchestrator.jobspec import load_job, resolve_tasks
+from orchestrator.jobspec import resolve_tasks
 from orchestrator.search import build_param_space, cells, describe_trials, materialize_trial
+from orchestrator.validate import load_job
 
 SPEC = {
     "name": "s",

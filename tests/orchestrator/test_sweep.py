@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.jobspec import load_job
 from orchestrator.sweep import trial_capacity
+from orchestrator.validate import load_job
 
 SMOKE = Path(__file__).resolve().parents[2] / "jobs" / "smoke.yaml"
 

@@ -1,0 +1,217 @@
+"""A job spec checked against lingo_core before any trial starts, and ``load_job``, the way callers get one.
+
+    load_job(path, overrides) = read_job_file -> apply overrides -> parse_job (jobspec.py: structure, types)
+                                -> validate_job (here: methods, tasks, budgets, every TrainConfig a trial
+                                   can get, the ARS/AdaLoRA schedules)
+
+Validation builds trial configs the way a sweep does (search.py's materialize_trial), so it sits above both
+jobspec.py and search.py: jobspec <- search <- validate, no way back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lingo_core.train.config import TrainConfig
+from lingo_core.tuners.config import METHODS, RANK_METHODS, RENAMED_KEYS, AdapterSettings
+from orchestrator.jobspec import (
+    BUDGET_DEFAULT,
+    DIST_KINDS,
+    SEARCH_ALL,
+    Dist,
+    FieldError,
+    JobSpec,
+    JobSpecError,
+    apply_override,
+    parse_job,
+    parse_overrides,
+    read_job_file,
+    resolve_tasks,
+    task_registry,
+)
+from orchestrator.search import (
+    base_train_dict,
+    budget_entry,
+    budget_for,
+    materialize_trial,
+    n_train_of,
+    set_path,
+    task_matches,
+    train_config,
+)
+from orchestrator.specfields import coerce, describe, suggest
+
+# Set by the job's top level or by the cell, never by `train` / `search` (one source of truth each).
+JOB_OWNED = {"task": "tasks", "seed": "seeds", "model": "model", "data_root": "data_root",
+             "tokenization": "tokenization", "adapter.method": "methods", "output_dir": "output_dir"}
+BUDGET_KEYS = ("adapter.init_r", "adapter.target_r")
+
+
+def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
+    """Read, override, validate. Raises JobSpecError naming the file (or the override) and key path."""
+    source = str(path)
+    raw = read_job_file(path)
+    parsed = parse_overrides(overrides)
+    if isinstance(raw, dict):
+        for key, value in parsed:
+            apply_override(raw, key, value)
+    try:
+        job = parse_job(raw)
+        validate_job(job)
+    except FieldError as e:
+        raise JobSpecError(_source_of(e.path, source, parsed, overrides), e.path, e.problem) from None
+    return job
+
+
+def _source_of(path: str, source: str, parsed: list, overrides: Sequence[str]) -> str:
+    """Blame the override that set ``path`` (or a parent / child of it), else the file."""
+    for (key, _), text in zip(reversed(parsed), reversed(list(overrides)), strict=True):
+        if path == key or path.startswith(key + ".") or key.startswith(path + ".") or (
+                path.startswith(key + "[")):
+            return f"{source} (override {text!r})"
+    return source
+
+
+def validate_job(job: JobSpec) -> None:
+    """Everything that needs lingo_core, run by load_job before any trial: methods, tasks, budgets, the
+    train block and every method's search space (each value a distribution can take), and the ARS/AdaLoRA
+    schedule of every (task, method) where the step count is computable."""
+    for i, method in enumerate(job.methods):
+        if method not in METHODS:
+            raise FieldError(f"methods[{i}]", f"unknown method {method!r}{suggest(method, METHODS)}; "
+                             f"expected one of {', '.join(METHODS)}")
+    for method in job.search:
+        if method != SEARCH_ALL and method not in METHODS:
+            raise FieldError(f"search.{method}",
+                             f"unknown method{suggest(method, [*METHODS, SEARCH_ALL])}; expected one of "
+                             f"{', '.join(METHODS)} or '{SEARCH_ALL}'")
+    if not job.deepspeed.enabled and job.resources.workers_per_trial != 1:
+        raise FieldError("deepspeed.enabled", f"false trains each trial in one process, but "
+                         f"resources.workers_per_trial is {job.resources.workers_per_trial}; set it to 1 or "
+                         "enable DeepSpeed for data-parallel trials")
+    rank_methods = [m for m in job.methods if m in RANK_METHODS]
+    if job.deepspeed.enabled and job.deepspeed.zero_stage == 3 and rank_methods:
+        # The rank controller reads whole singular-value vectors and masks them in place; ZeRO-3 shards
+        # every parameter, so the allocation would see empty partitions. Stage 2 keeps params whole.
+        raise FieldError("deepspeed.zero_stage", f"stage 3 cannot run {', '.join(rank_methods)} (rank allocation "
+                         "needs whole adapter parameters); use zero_stage 2 for those methods")
+    tasks = resolve_tasks(job)
+    every = list(task_registry(job))
+    for pattern in job.budgets:
+        if pattern != BUDGET_DEFAULT and not any(task_matches(t, pattern) for t in every):
+            raise FieldError(f"budgets.{pattern}", f"matches no task{suggest(pattern, [t.name for t in every])}")
+    types = train_field_types()
+    for key, value in _flatten(job.train).items():
+        job_key = f"train.{key}"
+        coerce(value, _check_key(key, job_key, types), job_key)
+    train_config(base_train_dict(job), "train")
+    for i, seed in enumerate(job.seeds):  # the trainer owns what a seed may be; ask it, do not restate it
+        train_config({**base_train_dict(job), "seed": seed}, f"seeds[{i}]")
+    for space_name, space in job.search.items():
+        for key, value in space.items():
+            where = f"search.{space_name}.{key}"
+            hint = _check_key(key, where, types)
+            if key in BUDGET_KEYS and space_name in (*RANK_METHODS, SEARCH_ALL):
+                raise FieldError(where, "ars/adalora ranks come from `budgets` (per task); set them there")
+            for v in value.candidates() if isinstance(value, Dist) else [value]:
+                try:
+                    coerce(v, hint, where)
+                except FieldError:
+                    raise FieldError(where, f"expected {describe(hint)} or a search distribution "
+                                     f"({', '.join(DIST_KINDS)}), got {v!r}") from None
+    for method in job.methods:
+        space = job.method_space(method)
+        for key, value in space.items():  # every corner of the space must build a TrainConfig
+            for v in value.candidates() if isinstance(value, Dist) else [value]:
+                d = base_train_dict(job)
+                d.setdefault("adapter", {})["method"] = method
+                for k, fixed in space.items():
+                    if not isinstance(fixed, Dist):
+                        set_path(d, k, fixed)
+                set_path(d, key, coerce(v, types[key], key))
+                train_config(d, f"search.{SEARCH_ALL if key not in job.search.get(method, {}) else method}.{key}")
+    for task in tasks:
+        for method in (m for m in job.methods if m in RANK_METHODS):
+            _check_schedule(job, task, method, types)
+
+
+def _check_schedule(job: JobSpec, task: Any, method: str, types: dict[str, Any]) -> None:
+    """Budget sane and tinit + tfinal < total steps, for the extreme values the space allows."""
+    entry = budget_entry(job, task)
+    where = f"budgets.{next((k for k, v in job.budgets.items() if v is entry), BUDGET_DEFAULT)}"
+    try:
+        init_r, target_r = budget_for(job, task)
+    except ValueError as e:
+        raise FieldError(where, f"task {task.name}: {e}") from None
+    space = job.method_space(method)
+
+    def worst(key: str, pick) -> Any:  # the value of `key` that makes the schedule tightest
+        v = space.get(key)
+        return pick(v.candidates()) if isinstance(v, Dist) else v
+
+    cell = {"task": task.name, "method": method, "seed": job.seeds[0], "budget": None}
+    params = {k: worst(k, max if k in ("adapter.tinit", "adapter.tfinal", "batch_size", "grad_accum") else min)
+              for k in space}
+    try:
+        cfg = materialize_trial(job, {"cell": cell, "params": params})
+        cfg.adapter.init_r, cfg.adapter.target_r = init_r, target_r
+        AdapterSettings(**{f: getattr(cfg.adapter, f) for f in cfg.adapter.__dataclass_fields__})
+    except FieldError as e:
+        raise FieldError(where, f"task {task.name}, {method}: {e.problem}") from None
+    except ValueError as e:
+        raise FieldError(where, f"task {task.name}, {method}: {e}") from None
+    n_train = n_train_of(job, task)
+    try:
+        total = cfg.total_steps(n_train, job.resources.workers_per_trial)
+        cfg.adapter.validate_schedule(total)
+    except ValueError as e:
+        key = "adapter.tinit" if cfg.adapter.tinit is not None or cfg.adapter.tfinal is not None else "epochs"
+        src = method if key in job.search.get(method, {}) else (SEARCH_ALL if key in space else None)
+        path = f"search.{src}.{key}" if src else f"train.{key}"
+        raise FieldError(path, f"task {task.name}, {method} ({n_train} train rows): {e}") from None
+
+
+
+# --------------------------------------------------------------------------------------- TrainConfig paths
+
+
+def train_field_types() -> dict[str, Any]:
+    """Dotted TrainConfig path -> type hint, nested dataclasses flattened ("adapter.exploration": float)."""
+
+    def walk(cls: type, prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                out.update(walk(hints[f.name], f"{prefix}{f.name}."))
+            else:
+                out[f"{prefix}{f.name}"] = hints[f.name]
+        return out
+
+    return walk(TrainConfig, "")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """The ``train`` block -> dotted TrainConfig paths ({"adapter": {"lora_r": 8}} -> adapter.lora_r)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and f"{prefix}{k}" == "adapter":  # the one nested dataclass of TrainConfig
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_key(key: str, where: str, types: dict[str, Any]) -> Any:
+    if key in JOB_OWNED:
+        raise FieldError(where, f"set by the job's top-level `{JOB_OWNED[key]}`, not here")
+    if key not in types:
+        old = key.removeprefix("adapter.")
+        if key.startswith("adapter.") and old in RENAMED_KEYS:
+            raise FieldError(where, RENAMED_KEYS[old])
+        raise FieldError(where, f"unknown TrainConfig key{suggest(key, types)}")
+    return types[key]
