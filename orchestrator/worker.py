@@ -435,9 +435,10 @@ def train_worker_fn(config: dict) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as resume_dir:
-        resumed_step = 0
-        if resume_dir is not None:
-            resumed_step = checkpoint_step(resume_dir)
+        # The step train() will restore: checkpoint_step picks through the same usable_checkpoint as
+        # load_checkpoint (manifest verified first, a damaged newest skipped for its intact sibling), so
+        # the journal's restart point and the logged resumed_from_step name the checkpoint really restored.
+        resumed_step = checkpoint_step(resume_dir) if resume_dir is not None else 0
         logger = (_RunLogger(ml["tracking_uri"], ml["run_id"], Path(cfg.output_dir), resumed_step)
                   if ml and rank == 0 else None)
         hooks = RayTrainHooks(rank, local_rank, logger, cfg.adapter.method in RANK_METHODS)
