@@ -13,8 +13,8 @@ Resuming verifies the manifest first; a damaged newest checkpoint falls back to 
 picks and `checkpoint_step` reports the step of what it picks, so a caller that logs "resumed from step N"
 before training names the checkpoint training then restores.
 
-  given folder ──usable_checkpoint──> intact folder ──┬──> checkpoint_step() -> N   (the worker logs it)
-  (Ray's copy, or                     (itself, or the  └──> load_checkpoint()        (train() restores it)
+  given folder --usable_checkpoint--> intact folder --+--> checkpoint_step() -> N   (the worker logs it)
+  (Ray's copy, or                     (itself, or the  +--> load_checkpoint()        (train() restores it)
    checkpoints/step-*)                 newest intact sibling)
 """
 
