@@ -1,7 +1,9 @@
 # The two commands. Both are idempotent: set-up is skipped when .venv is current.
 #   make run   - set up, then run the main job (a multi-task sweep on embedded defaults)
 #   make test  - set up, then run the whole test suite
-.PHONY: run test setup lint
+# For the inner loop: make test-unit - ruff + the tests that start no Ray, DeepSpeed ranks, mlflow server or
+# real SmolLM2 (pytest -m "not integration"; markers in pyproject.toml)
+.PHONY: run test test-unit setup lint
 
 run: setup
 	.venv/bin/lingo tune jobs/default.yaml
@@ -10,6 +12,10 @@ run: setup
 test: setup
 	.venv/bin/ruff check lingo_core orchestrator tests benchmarks
 	.venv/bin/python -m pytest -p no:cacheprovider -ra --durations=20
+
+test-unit: setup
+	.venv/bin/ruff check lingo_core orchestrator tests benchmarks
+	.venv/bin/python -m pytest -p no:cacheprovider -ra --durations=20 -m "not integration"
 
 setup:
 	bash scripts/setup.sh

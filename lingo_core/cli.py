@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="lingo train",
         usage="%(prog)s [--config FILE] [--FIELD VALUE ...] [--adapter.FIELD VALUE ...] [key=value ...]",
-        description="Fine-tune an LM on one GUE task with an adapter; writes the adapter folder, plots and "
-        "metrics.json into --output-dir.",
+        description="Fine-tune an LM on one GUE task with an adapter; writes the adapter folder, result.json, "
+        "test_predictions.json and plots/ into --output-dir (layout: lingo_core/run_folder.py).",
         epilog="Any field may also be given as key=value (e.g. adapter.target_r=4). 'none' sets an optional "
         "field to None; lists are comma-separated.",
         argument_default=argparse.SUPPRESS,
@@ -190,7 +190,7 @@ def summary_line(result) -> str:
 
 def train_main(argv: list[str] | None = None) -> int:
     """Entry point of `lingo train` / `python -m lingo_core train`."""
-    from lingo_core.plots import confusion_matrix_png, rank_heatmap
+    from lingo_core.run_folder import write_result
     from lingo_core.train.trainer import train
 
     cfg = parse_train_args(argv)
@@ -199,15 +199,7 @@ def train_main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:  # what the user named does not exist or does not parse: one line, exit 2
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         build_parser().error(message)
-    out = Path(cfg.output_dir)
-    report = result.to_dict()
-    predictions = report.pop("test_predictions")
-    (out / "metrics.json").write_text(json.dumps(report, indent=1))
-    (out / "test_predictions.json").write_text(json.dumps(predictions))
-    confusion_matrix_png(result.test_metrics["confusion_matrix"], result.label_names, out / "confusion_matrix.png",
-                         title=f"{result.task} [{result.method}] test")
-    if result.rank_pattern:
-        rank_heatmap(result.rank_pattern, out / "rank_heatmap.png", title=f"{result.task} [{result.method}] final rank")
+    write_result(result, cfg.output_dir)
     print(summary_line(result))
     return 0
 

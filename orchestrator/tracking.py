@@ -22,6 +22,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from lingo_core.run_folder import ADAPTER_DIR, RESULT_FILE  # noqa: E402
 from lingo_core.selection import SELECTION  # noqa: E402
 
 CHAMPION = "champion"  # alias of the best version of a task's registered model
@@ -29,9 +30,10 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI shows chil
 TRIAL_TAG = "lingo.trial_id"  # finds a trial's child run again when the trial restarts or resumes
 SWEEP_TAG = "lingo.sweep"
 MODEL_ARTIFACT = "model"  # a trial's pyfunc model (orchestrator/mlflow_model.py); registered versions point here
-ADAPTER_ARTIFACT = "adapter"  # a trial's export folder as lingo_core wrote it
+# A trial's artifacts are its run folder's tree (lingo_core/run_folder.py owns the names):
+ADAPTER_ARTIFACT = ADAPTER_DIR  # the export folder as lingo_core wrote it
+RESULT_ARTIFACT = RESULT_FILE  # TrainResult.to_dict() without predictions: rank pattern, budget (lingo report)
 METHODS_TAG = "lingo.methods"  # parent run: the job's methods, in its order (reports list them so)
-RESULT_ARTIFACT = "result.json"  # a trial's TrainResult.to_dict() (worker._log_result): rank pattern, budget
 CHANCE_TAG = "lingo.at_chance"  # version tag: dev MCC no better than chance (kept from champion by default)
 _MAX_BATCH = 100  # MLflow's log_batch limit for params (and a safe chunk for metrics)
 PARAM_MAX = 6000  # MLflow's param value length limit

@@ -9,7 +9,6 @@ owns the optimizer step, the LR schedule, gradient accumulation and clipping.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lingo_core.run_folder import WrittenRun, write_result
 from lingo_core.selection import SELECTION
 from lingo_core.train.backend import TorchBackend, linear_warmup_decay
 from lingo_core.tuners.ars.shards import Shard, ShardAccess, WholeParams
@@ -369,11 +369,10 @@ class _RunLogger:
         self.j.drain(WORKER_DRAIN_S)
 
 
-def _log_result(logger: _RunLogger, result: Any, out_dir: Path) -> None:
-    """Final metrics of the dev-selected weights, model identity, and the artifacts."""
-    from lingo_core.plots import confusion_matrix_png, rank_heatmap
-    from orchestrator.tracking import RESULT_ARTIFACT
-
+def _log_result(logger: _RunLogger, result: Any, written: WrittenRun) -> None:
+    """Final metrics of the dev-selected weights, model identity, and what `write_result` wrote into the
+    run folder, uploaded as it lies there (MLflow's tree is the run folder's: adapter/, result.json,
+    test_predictions.json, plots/)."""
     logger.metrics({**{f"test_{k}": v for k, v in result.test_metrics.items()},
                     **{f"best_dev_{k}": v for k, v in result.dev_metrics.items()},
                     "best_step": result.best_step, "total_steps": result.total_steps,
@@ -381,20 +380,7 @@ def _log_result(logger: _RunLogger, result: Any, out_dir: Path) -> None:
                     "num_test_evals": result.num_test_evals, "wall_time_s": result.wall_time_s},
                    result.total_steps)
     logger.tags({f"base_model.{k}": v for k, v in result.model_identity.items() if v is not None})
-    plots = out_dir / "plots"
-    pairs: list[tuple[Path, str | None]] = []
-    if result.artifact_dir is not None:
-        pairs.append((Path(result.artifact_dir), "adapter"))
-    cm = result.test_metrics.get("confusion_matrix")
-    if cm is not None:
-        pairs.append((confusion_matrix_png(cm, result.label_names, plots / "confusion_matrix.png"), "plots"))
-    if result.rank_pattern:
-        pairs.append((rank_heatmap(result.rank_pattern, plots / "rank_heatmap.png",
-                                   title=f"{result.task} {result.method}: kept ranks"), "plots"))
-    summary = {k: v for k, v in result.to_dict().items() if k != "test_predictions"}
-    (out_dir / RESULT_ARTIFACT).write_text(json.dumps(summary, indent=1, default=str))
-    pairs.append((out_dir / RESULT_ARTIFACT, None))
-    logger.artifacts(pairs)
+    logger.artifacts(written.entries())
     if result.artifact_dir is not None:  # the same export as an MLflow Model: what the registry serves
         try:
             logger.model(Path(result.artifact_dir))
@@ -402,7 +388,7 @@ def _log_result(logger: _RunLogger, result: Any, out_dir: Path) -> None:
             # Packaging must not throw away a finished training (the retry would train it again): the
             # run keeps its adapter/, which the registry then registers instead (tracking.register_best).
             logger.tags({MODEL_ERROR_TAG: f"{type(e).__name__}: {e}"[:5000]})
-            print(f"warning: the MLflow model of {out_dir} was not saved ({type(e).__name__}: {e}); "
+            print(f"warning: the MLflow model of {written.root} was not saved ({type(e).__name__}: {e}); "
                   "the run keeps its adapter/ artifact")
 
 
@@ -435,9 +421,10 @@ def train_worker_fn(config: dict) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as resume_dir:
-        resumed_step = 0
-        if resume_dir is not None:
-            resumed_step = checkpoint_step(resume_dir)
+        # The step train() will restore: checkpoint_step picks through the same usable_checkpoint as
+        # load_checkpoint (manifest verified first, a damaged newest skipped for its intact sibling), so
+        # the journal's restart point and the logged resumed_from_step name the checkpoint really restored.
+        resumed_step = checkpoint_step(resume_dir) if resume_dir is not None else 0
         logger = (_RunLogger(ml["tracking_uri"], ml["run_id"], Path(cfg.output_dir), resumed_step)
                   if ml and rank == 0 else None)
         hooks = RayTrainHooks(rank, local_rank, logger, cfg.adapter.method in RANK_METHODS)
@@ -458,8 +445,10 @@ def train_worker_fn(config: dict) -> None:
     final = {SELECTION.dev_key: result.dev_metrics.get(SELECTION.metric), "test_mcc": result.test_metrics.get("mcc"),
              "best_step": result.best_step, "step": result.total_steps, "resumed_from_step": resumed_step,
              "final": 1}
-    if logger is not None:
-        _log_result(logger, result, Path(cfg.output_dir))
-        logger.finish("FINISHED")
+    if rank == 0:  # the run folder is complete with or without tracking; the logger uploads what it holds
+        written = write_result(result, cfg.output_dir)
+        if logger is not None:
+            _log_result(logger, result, written)
+            logger.finish("FINISHED")
     # Last result of the trial: the dev-selected dev MCC and its test MCC (what the sweep summarises).
     ray.train.report({k: v for k, v in final.items() if v is not None})

@@ -9,6 +9,13 @@ Layout of `step-NNNNNNN/`:
   MANIFEST.sha256.json           sha256 + size of every file above, written last (lingo_core.storage)
 
 Resuming verifies the manifest first; a damaged newest checkpoint falls back to the previous intact one.
+`usable_checkpoint` makes that choice and is the only one that does: `load_checkpoint` restores what it
+picks and `checkpoint_step` reports the step of what it picks, so a caller that logs "resumed from step N"
+before training names the checkpoint training then restores.
+
+  given folder --usable_checkpoint--> intact folder --+--> checkpoint_step() -> N   (the worker logs it)
+  (Ray's copy, or                     (itself, or the  +--> load_checkpoint()        (train() restores it)
+   checkpoints/step-*)                 newest intact sibling)
 """
 
 from __future__ import annotations
@@ -37,9 +44,45 @@ TRAINER_STATE = "trainer_state.json"
 """The checkpoint's bookkeeping file (step, best-so-far, config)."""
 
 
+KEEP = 2
+"""Checkpoint folders kept under a root: the newest, and the previous one to fall back to when the newest
+turns out damaged."""
+
+
+class CheckpointError(ValueError):
+    """No intact checkpoint to resume from; the message names the damaged file and what was expected."""
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was skipped and an older intact one used instead."""
+
+
 def checkpoint_step(path: str | Path) -> int:
-    """The optimizer step a checkpoint folder was written at."""
-    return int(json.loads((Path(path) / TRAINER_STATE).read_text())["step"])
+    """The optimizer step that resuming from `path` restores: the step of `usable_checkpoint(path)`, so of
+    an older intact sibling when `path` itself is damaged (its trainer_state.json corrupt, missing, or not
+    matching the manifest). CheckpointError, naming the damaged file, when no checkpoint there is intact."""
+    return _step(_read_state(usable_checkpoint(path)))
+
+
+def _read_state(folder: Path) -> dict:
+    """trainer_state.json of `folder`; CheckpointError naming the file when it is missing or does not parse
+    (a JSONDecodeError traceback would not say which checkpoint is damaged)."""
+    file = Path(folder) / TRAINER_STATE
+    try:
+        state = json.loads(file.read_text())
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        raise CheckpointError(f"{file}: unreadable ({e}); expected the trainer's state as JSON") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: a JSON {type(state).__name__}; expected an object with an integer 'step'")
+    _step(state, file)  # a state without a step cannot be resumed: damaged
+    return state
+
+
+def _step(state: dict, file: Path | None = None) -> int:
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{file or TRAINER_STATE}: step={step!r}; expected an integer >= 0")
+    return step
 
 
 def _barrier() -> None:
@@ -62,19 +105,6 @@ def _controller_to_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], dict[str,
 def _controller_from_tensors(tensors: dict[str, torch.Tensor], kinds: dict[str, str]) -> dict:
     cast = {"int": int, "float": float, "bool": bool}
     return {k: (t if kinds[k] == "tensor" else cast[kinds[k]](t.item())) for k, t in tensors.items()}
-
-
-KEEP = 2
-"""Checkpoint folders kept under a root: the newest, and the previous one to fall back to when the newest
-turns out damaged."""
-
-
-class CheckpointError(ValueError):
-    """No intact checkpoint to resume from; the message names the damaged file and what was expected."""
-
-
-class CheckpointWarning(UserWarning):
-    """A damaged checkpoint was skipped and an older intact one used instead."""
 
 
 def save_checkpoint(root: Path, step: int, backend, controller, state: dict, best_state) -> Path:
@@ -132,9 +162,9 @@ def _candidates(path: Path) -> list[Path]:
         if p.name.startswith(".") or not (p / MANIFEST).is_file():
             continue  # temporary or incomplete: never a candidate
         try:
-            steps.append((checkpoint_step(p), p))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # unreadable bookkeeping: damaged, skip it
+            steps.append((_step(_read_state(p)), p))
+        except CheckpointError:
+            steps.append((-1, p))  # unreadable bookkeeping: damaged; last, so the error counts it
     return first + [p for _, p in sorted(steps, key=lambda sp: sp[0], reverse=True)]
 
 
@@ -146,7 +176,8 @@ def usable_checkpoint(path: str | Path) -> Path:
     for cand in _candidates(path):
         try:
             verify_manifest(cand)
-        except IntegrityError as e:
+            _read_state(cand)  # a manifest taken over a bad state (or none at all) does not make it usable
+        except (IntegrityError, CheckpointError) as e:
             problems.append(str(e))
             continue
         if problems:
@@ -164,7 +195,7 @@ def _agree(path: Path) -> None:
     """Every rank must resume from the same step (nodes verify their own copies)."""
     if not (dist.is_available() and dist.is_initialized()):
         return
-    step = checkpoint_step(path)
+    step = _step(_read_state(path))
     steps: list = [None] * dist.get_world_size()
     dist.all_gather_object(steps, step)
     if len(set(steps)) != 1:
@@ -178,7 +209,7 @@ def load_checkpoint(path: Path, backend, controller) -> tuple[dict, dict | None]
     path = usable_checkpoint(path)
     _agree(path)
     backend.load_checkpoint(path / "backend")
-    state = json.loads((path / TRAINER_STATE).read_text())
+    state = _read_state(path)
     if controller is not None:
         file = path / _controller_file(backend.rank)
         with safe_open(str(file), "pt") as f:

@@ -54,7 +54,9 @@ class TrainConfig:
     max_eval_samples: int | None = None  # None -> whole dev/test splits
     """Seeded class-stratified subset size for dev and test each."""
     output_dir: str = "runs/train"  # ignored by git (.gitignore has runs/)
-    """Where the adapter folder, plots, metrics.json and checkpoints go."""
+    """The run folder (layout: lingo_core/run_folder.py). train() writes adapter/ and, with save_checkpoints,
+    checkpoints/; write_result (called by `lingo train` and the orchestrator's worker) adds result.json,
+    test_predictions.json and plots/."""
     num_workers: int = 0  # examples are pre-tokenized lists: worker processes only add fork overhead
     """DataLoader worker processes."""
     save_checkpoints: bool = False  # checkpoints cost disk and time; only the orchestrator needs resume

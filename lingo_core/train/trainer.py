@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from lingo_core.run_folder import RunFolder
 from lingo_core.selection import SELECTION
 from lingo_core.train.backend import TorchBackend, TrainBackend
 from lingo_core.train.checkpoint import load_checkpoint, save_checkpoint
@@ -199,11 +200,11 @@ def train(
     hooks = hooks or TrainHooks()
     backend = backend or TorchBackend(grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm)
     rank, world = backend.rank, backend.world_size
-    out_dir = Path(cfg.output_dir)
+    folder = RunFolder(Path(cfg.output_dir))  # the layout's one owner: lingo_core/run_folder.py
     spec, tables = _prepare_data(cfg)
     ref = resolve_model(cfg.model)
     if rank == 0:  # only once the task, its data and the model are known to exist: a bad name leaves nothing
-        out_dir.mkdir(parents=True, exist_ok=True)
+        folder.root.mkdir(parents=True, exist_ok=True)
     max_length = cfg.max_length or suggest_max_length(spec.seq_len_bp, cfg.tokenization)
     tok = LingoTokenizer(load_tokenizer(ref), mode=cfg.tokenization, max_length=max_length)
     data = {s: tok.encode_table(t, spec.description) for s, t in tables.items()}
@@ -254,7 +255,7 @@ def train(
                      "rng": {"seed": cfg.seed, "data_order": "default_rng([seed, epoch])",
                              "dropout": "manual_seed(seed * 1000003 + micro_batch_index)"},
                      "config": cfg.to_dict()}
-            ckpt = save_checkpoint(out_dir / "checkpoints", step, backend, controller, state, best_state)
+            ckpt = save_checkpoint(folder.checkpoints, step, backend, controller, state, best_state)
         if hooks.on_evaluate is not None:
             dev = {f"dev_{k}": m[k] for k in _SCALARS}
             hooks.on_evaluate(EvalEvent(step=step, epoch=epoch, metrics=dev, is_best=is_best, checkpoint_dir=ckpt))
@@ -310,7 +311,7 @@ def train(
             from lingo_core.artifacts import save_adapter
 
             artifact_dir = save_adapter(
-                raw, out_dir / "adapter", task=spec, tokenizer_mode=cfg.tokenization, template=TEMPLATE,
+                raw, folder.adapter, task=spec, tokenizer_mode=cfg.tokenization, template=TEMPLATE,
                 base_identity=identity, metrics={"dev": best_dev, "test": test_metrics},
                 method=settings.method, rank_pattern=final_pattern, max_length=max_length)
     _barrier()

@@ -60,10 +60,12 @@ def test_train_main_end_to_end(tiny_model_dir, gue_root, tmp_path, capsys):
     assert rc == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("prom_core_tata [ars] dev_mcc=") and "test_mcc=" in line
-    metrics = json.loads((out / "metrics.json").read_text())
+    # The one run-folder layout (lingo_core/run_folder.py), the same a trial's MLflow run holds
+    metrics = json.loads((out / "result.json").read_text())
     assert metrics["num_test_evals"] == 1 and metrics["config"]["adapter"]["target_r"] == 2
     assert len(json.loads((out / "test_predictions.json").read_text())["labels"]) == 16
-    for name in ("rank_heatmap.png", "confusion_matrix.png", "adapter/lingo.json", "adapter/adapter_config.json"):
+    for name in ("plots/rank_heatmap.png", "plots/confusion_matrix.png", "adapter/lingo.json",
+                 "adapter/adapter_config.json"):
         assert (out / name).is_file(), name
 
 

@@ -37,6 +37,7 @@ TASKS = {"prom_core_tata": "ars", "tf/0": "lora"}  # two tasks, two PEFT types, 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_model_dir: Path, gue_root: Path) -> dict:
     """Two trained trials (their runs logged as a trial logs them) registered as `lingo-<task>` champions."""
+    from lingo_core.run_folder import write_result
     from lingo_core.train import TrainConfig, train
     from orchestrator.jobspec import JobSpec, MlflowSpec
     from orchestrator.sweep import collect_trials, register
@@ -56,7 +57,7 @@ def store(tmp_path_factory, tiny_model_dir: Path, gue_root: Path) -> dict:
             adapter={"method": method, "init_r": 4, "target_r": 2, "lora_r": 4}))
         result = train(cfg)
         logger = _RunLogger(uri, run_id, Path(cfg.output_dir), resumed_step=0)  # as a worker logs: via the journal
-        _log_result(logger, result, Path(cfg.output_dir))
+        _log_result(logger, result, write_result(result, cfg.output_dir))  # the worker's rank 0 does both
         logger.finish("FINISHED")
         assert logger.j.drain(120), "the trial's journal did not reach the store"
     job = JobSpec("sweep", list(TASKS), ["ars", "lora"], data_root=str(gue_root),

@@ -170,6 +170,7 @@ def mlflow_server(tmp_path: Path):
             proc.wait()
 
 
+@pytest.mark.integration  # a real `mlflow server` process
 def test_registry_against_a_real_server(mlflow_server: str, tmp_path: Path) -> None:
     c = tracking.client(mlflow_server)
     assert not tracking.is_local_store(mlflow_server)

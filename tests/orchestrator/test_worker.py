@@ -1,4 +1,5 @@
-"""DeepSpeedBackend on a real 2-process gloo group (spawned processes, DeepSpeed ZeRO on CPU)."""
+"""DeepSpeedBackend on a real 2-process gloo group (spawned processes, DeepSpeed ZeRO on CPU: integration),
+and the backend a trial builds without DeepSpeed (unit)."""
 
 from __future__ import annotations
 
@@ -257,6 +258,7 @@ def case_zero3_state_and_write(rank: int, tmp: Path) -> None:
 
 # ---- tests --------------------------------------------------------------------------------
 
+@pytest.mark.integration  # two spawned DeepSpeed processes
 @pytest.mark.parametrize("case", ["case_write_survives_step", "case_shards_are_this_ranks_slice_of_the_whole",
                                   "case_bf16_master_survives_state_roundtrip", "case_ars_ranks_agree",
                                   "case_checkpoint_roundtrip", "case_zero3_state_and_write"])
@@ -264,6 +266,7 @@ def test_deepspeed_backend(case: str, tmp_path: Path) -> None:
     _spawn(case, tmp_path)
 
 
+@pytest.mark.integration  # two spawned DeepSpeed processes
 def test_checkpoint_tag_is_never_latest(tmp_path: Path) -> None:
     """The checkpoint folder holds DeepSpeed's `latest` pointer file next to a `step<N>` folder."""
     _spawn("case_checkpoint_roundtrip", tmp_path)

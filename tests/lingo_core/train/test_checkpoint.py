@@ -18,12 +18,13 @@ from torch import nn
 
 from lingo_core.artifacts import save_adapter
 from lingo_core.data.task import TaskSpec
-from lingo_core.storage import MANIFEST, StorageError
+from lingo_core.storage import MANIFEST, StorageError, write_manifest
 from lingo_core.train.backend import TorchBackend
 from lingo_core.train.checkpoint import (
     KEEP,
     CheckpointError,
     CheckpointWarning,
+    checkpoint_step,
     load_checkpoint,
     save_checkpoint,
 )
@@ -112,6 +113,37 @@ def test_no_intact_checkpoint_is_one_error_naming_the_file(tmp_path):
     assert f"{only / 'trainer_state.json'}" in msg and "expected" in msg and "\n" not in msg
     with pytest.raises(CheckpointError, match="no checkpoint here; expected a step-\\* folder"):
         load_checkpoint(tmp_path / "empty", _backend()[0], None)
+
+
+@pytest.mark.parametrize("remanifest", [False, True], ids=["after_manifest", "manifest_agrees"])
+def test_corrupt_trainer_state_reports_the_step_of_the_fallback(tmp_path, remanifest):
+    """The worker logs checkpoint_step(resume_dir) as the resumed step: it must be the step load_checkpoint
+    restores (the intact older sibling), never a JSONDecodeError from the damaged newest. manifest_agrees:
+    the state was bad before the manifest was taken (a bug, an edit), so only parsing it catches it."""
+    backend, model = _backend()
+    _save(tmp_path, backend, model, 1)
+    newest = _save(tmp_path, backend, model, 2)
+    (newest / "trainer_state.json").write_text('{"step": 2, "best')  # torn JSON
+    if remanifest:
+        write_manifest(newest)
+    with pytest.warns(CheckpointWarning, match="trainer_state.json"):
+        assert checkpoint_step(newest) == 1
+    with pytest.warns(CheckpointWarning):
+        state, _ = load_checkpoint(newest, _backend()[0], None)
+    assert state["step"] == 1  # the step reported is the step restored
+
+
+def test_both_trainer_states_corrupt_is_a_checkpoint_error_naming_the_file(tmp_path):
+    backend, model = _backend()
+    older, newest = _save(tmp_path, backend, model, 1), _save(tmp_path, backend, model, 2)
+    for folder in (older, newest):
+        (folder / "trainer_state.json").write_text("not json at all")
+        write_manifest(folder)  # intact by the manifest: the bad JSON itself must be caught
+    with pytest.raises(CheckpointError) as info:
+        checkpoint_step(newest)
+    msg = str(info.value)
+    assert f"{newest / 'trainer_state.json'}" in msg and "expected" in msg and "1 older damaged" in msg
+    assert "\n" not in msg
 
 
 class _Probe(nn.Module):
