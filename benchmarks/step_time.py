@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))  # run as a script from any folder
 from benchmarks.provenance import git_commit, utc_now  # noqa: E402
 from lingo_core.data.loading import load_split  # noqa: E402
 from lingo_core.data.task import TaskRegistry  # noqa: E402
+from lingo_core.method_names import RANK_METHODS  # noqa: E402
 from lingo_core.modeling import DEFAULT_TARGET_MODULES, load_classifier, load_tokenizer, resolve_model  # noqa: E402
 from lingo_core.tokenization import LingoTokenizer, suggest_max_length  # noqa: E402
 from lingo_core.train import TorchBackend, micro_step  # noqa: E402
@@ -102,7 +103,7 @@ def _free(device: torch.device) -> None:
 # ---- the project's step -------------------------------------------------------------------------------
 def _settings(method: str, warmup: int) -> AdapterSettings:
     # init_r 8 -> target_r 4: a mid-size GUE task's budget; lora_r 8 = init_r (same parameter count)
-    if method in ("ars", "adalora"):
+    if method in RANK_METHODS:
         return AdapterSettings(method=method, init_r=8, target_r=4, tinit=warmup, tfinal=1)
     return AdapterSettings(method=method)
 

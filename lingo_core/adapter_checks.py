@@ -5,8 +5,9 @@ holds a pickle-format file (.bin, .pt, .pkl, ...) is refused outright, without o
 neither PEFT's `.bin` fallback nor anything else can unpickle it. Every listed file must exist, match the
 sha256 that lingo.json recorded when it was written, and (for .safetensors) parse as safetensors.
 
-This module owns the folder format (FORMAT_VERSION, PEFT_METHODS, the files each method writes);
-artifacts.py writes and loads folders of that format, so it imports this module, never the reverse.
+This module owns the folder format (FORMAT_VERSION, the files each method writes; the method names are
+method_names.py's); artifacts.py writes and loads folders of that format, so it imports this module, never
+the reverse.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
+from lingo_core.method_names import METHODS, PEFT_METHODS
 from lingo_core.storage import sha256_file
 
 FORMAT_VERSION = 1
 """lingo.json schema version; bump when the folder layout changes."""
-
-PEFT_METHODS = ("ars", "lora", "adalora", "prefix")
-"""Methods whose trainable part is a PEFT adapter saved with `save_pretrained`."""
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 """File types that torch/joblib write with pickle; never loaded from an adapter folder."""
@@ -48,9 +47,6 @@ def _is_int(v: Any) -> bool:
 
 
 def _key_checks() -> dict[str, tuple[Any, str]]:
-    # lingo_core.tuners imports torch and PEFT (its package __init__); a folder check needs only the names
-    from lingo_core.tuners import METHODS
-
     return {
         "num_labels": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
         "label_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),

@@ -18,13 +18,11 @@ from typing import Any
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from lingo_core.adapter_checks import FORMAT_VERSION, PEFT_METHODS, AdapterError, read_adapter_meta
+from lingo_core.adapter_checks import FORMAT_VERSION, AdapterError, read_adapter_meta
+from lingo_core.method_names import PEFT_METHODS, RANK_METHODS
 from lingo_core.modeling import BaseModelRef, load_classifier, load_tokenizer, model_identity, resolve_model
 from lingo_core.storage import atomic_dir, sha256_file
 from lingo_core.tokenization import LingoTokenizer, PromptTemplate
-
-RANK_METHODS = ("ars", "adalora")
-"""Methods whose adapter_config.json needs the final rank_pattern (AdaLoRA resizes on load from it)."""
 
 _HEAD_NAMES = ("score", "classifier", "classification_head")  # LLaMA/OPT use score; BERT-likes classifier
 

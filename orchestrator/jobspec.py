@@ -224,7 +224,7 @@ class JobSpec:
     tasks: list[str]
     """Task names, fnmatch globs ("EMP/*") or "all"; resolved through TaskRegistry.select."""
     methods: list[str]
-    """Subset of lingo_core.tuners.METHODS run for every task."""
+    """Subset of lingo_core.method_names.METHODS run for every task."""
     seeds: list[int] = field(default_factory=lambda: [0])  # one seed: a smoke sweep; add seeds for ± std
     output_dir: str | None = None  # None -> runs/<name>, the README's results layout
     model: str = "smollm2"  # the bundled SmolLM2-135M alias: runs offline on CPU

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from lingo_core.data.loading import load_split
+from lingo_core.method_names import RANK_METHODS
 from lingo_core.train.config import TrainConfig
-from lingo_core.tuners.config import RANK_METHODS, default_rank_budget
+from lingo_core.tuners.config import default_rank_budget
 from orchestrator.jobspec import BUDGET_DEFAULT, BudgetSpec, Dist, JobSpec
 from orchestrator.specfields import FieldError
 

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lingo_core.method_names import METHODS, RANK_METHODS
 from lingo_core.train.config import TrainConfig
-from lingo_core.tuners.config import METHODS, RANK_METHODS, RENAMED_KEYS, AdapterSettings
+from lingo_core.tuners.config import RENAMED_KEYS, AdapterSettings
 from orchestrator.jobspec import (
     BUDGET_DEFAULT,
     DIST_KINDS,

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lingo_core.method_names import RANK_METHODS
 from lingo_core.run_folder import WrittenRun, write_result
 from lingo_core.selection import SELECTION
 from lingo_core.train.backend import TorchBackend, linear_warmup_decay
@@ -408,7 +409,6 @@ def train_worker_fn(config: dict) -> None:
 
     from lingo_core.train import TrainConfig, TrainHooks, train
     from lingo_core.train.checkpoint import checkpoint_step
-    from lingo_core.tuners.config import RANK_METHODS
 
     cfg = TrainConfig.from_dict(config["train"])
     ctx = ray.train.get_context()

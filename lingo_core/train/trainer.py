@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from lingo_core.method_names import RANK_METHODS
 from lingo_core.run_folder import RunFolder
 from lingo_core.selection import SELECTION
 from lingo_core.train.backend import TorchBackend, TrainBackend
@@ -126,7 +127,7 @@ def _prepare_data(cfg: TrainConfig):
 
 def _resolve_adapter(cfg: TrainConfig, spec, n_train: int):
     """Fill a rank budget left as None from the task's default (ars/adalora only)."""
-    from lingo_core.tuners.config import RANK_METHODS, resolve_ranks
+    from lingo_core.tuners.config import resolve_ranks
 
     return resolve_ranks(cfg.adapter, spec, n_train) if cfg.adapter.method in RANK_METHODS else cfg.adapter
 

@@ -1,14 +1,8 @@
 """Fine-tuning methods: settings, the ARS / AdaLoRA rank controller, and build_model."""
 
+from lingo_core.method_names import METHODS, RANK_METHODS
 from lingo_core.tuners.ars import RankController, RankSchedule
-from lingo_core.tuners.config import (
-    METHODS,
-    RANK_METHODS,
-    SAMPLING_MODES,
-    AdapterSettings,
-    default_rank_budget,
-    resolve_ranks,
-)
+from lingo_core.tuners.config import SAMPLING_MODES, AdapterSettings, default_rank_budget, resolve_ranks
 from lingo_core.tuners.methods import (
     build_model,
     default_target_modules,

@@ -11,14 +11,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from lingo_core.method_names import METHODS
+
 if TYPE_CHECKING:  # typing only: keeps `import lingo_core.tuners` free of the data stack
     from lingo_core.data.task import TaskSpec
-
-METHODS = ("ars", "lora", "adalora", "prefix", "full", "probe")
-"""Every fine-tuning method `build_model` knows."""
-
-RANK_METHODS = ("ars", "adalora")
-"""Methods with an adaptive rank budget (init_r -> target_r) and a RankController."""
 
 SAMPLING_MODES = ("uniform", "importance")
 """How ARS picks triplets to reintroduce / drop: fixed probabilities, or scaled by importance."""

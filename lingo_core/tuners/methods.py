@@ -21,15 +21,10 @@ from peft import AdaLoraConfig, LoraConfig, PrefixTuningConfig, TaskType, get_pe
 from torch import nn
 from transformers import PreTrainedModel
 
+from lingo_core.method_names import METHODS, RANK_METHODS
 from lingo_core.modeling import DEFAULT_TARGET_MODULES, family
 from lingo_core.tuners.ars import RankController, RankSchedule, gate_svd_layers
-from lingo_core.tuners.config import (
-    DEFAULT_INIT_R,
-    METHODS,
-    RANK_METHODS,
-    AdapterSettings,
-    default_rank_budget,
-)
+from lingo_core.tuners.config import DEFAULT_INIT_R, AdapterSettings, default_rank_budget
 
 __all__ = ["HEAD", "METHODS", "build_model", "default_target_modules", "linear_module_names", "trainable_summary"]
 

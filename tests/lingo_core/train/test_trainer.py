@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lingo_core.method_names import METHODS
 from lingo_core.train import TorchBackend, TrainConfig, TrainHooks, train
 from lingo_core.train.trainer import epoch_batches, stratified_subset
-from lingo_core.tuners.config import METHODS
 
 
 def _cfg(tiny_model_dir, gue_root, tmp_path, **kw):
