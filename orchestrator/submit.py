@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lingo_core.cliparse import ArgumentParser
+from orchestrator.env import job_env
 from orchestrator.jobspec import JobSpecError, read_job_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,22 +30,6 @@ EXCLUDES = [".venv", ".git", "runs", ".cache", ".device", ".stage", "**/__pycach
 # the uploaded code (cwd = working_dir comes first on sys.path).
 CLI = "from orchestrator.cli import main; raise SystemExit(main())"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-
-
-def job_env(uses_gpu: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment of the driver and, through Ray, of every trial worker."""
-    env = {
-        "MLFLOW_DISABLE_TELEMETRY": "true",  # clusters often have no egress; telemetry calls only stall
-        "TOKENIZERS_PARALLELISM": "false",  # HF tokenizers deadlock in forked Ray workers otherwise
-        "RAY_TRAIN_V2_ENABLED": "1",  # trial.py builds its TorchTrainer on the Train V2 API
-        "HF_HUB_OFFLINE": "1",  # the image bundles SmolLM2; no hub round-trips per trial
-    }
-    if not uses_gpu:
-        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would probe for CUDA and fail on CPU-only nodes
-    if os.environ.get("LINGO_DATA_ROOT"):
-        env["LINGO_DATA_ROOT"] = os.environ["LINGO_DATA_ROOT"]  # same mount path on the cluster
-    env.update(extra or {})
-    return env
 
 
 def runtime_env(uses_gpu: bool, extra_env: dict[str, str] | None = None,

@@ -17,6 +17,7 @@ from typing import Any
 from lingo_core.data.digest import task_digest
 from lingo_core.selection import SELECTION
 from orchestrator import journal, tracking
+from orchestrator.env import worker_env
 from orchestrator.jobspec import JobSpec, resolve_tasks
 from orchestrator.summary import write_summary
 from orchestrator.trial import TRACKING_WAIT_S, TRIAL_CPU, SweepContext, run_trial
@@ -24,12 +25,6 @@ from orchestrator.trial import TRACKING_WAIT_S, TRIAL_CPU, SweepContext, run_tri
 # Ray and torch (also through orchestrator.search and orchestrator.mlflow_model) are imported inside the
 # functions that run a sweep: `lingo report` imports this module for STATE_FILE and collect_trials only.
 
-# Environment every Ray worker needs, forwarded from the driver when set (defaults below otherwise).
-FORWARD_ENV = ("LINGO_DATA_ROOT", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HOME", "HF_HUB_OFFLINE",
-               "TOKENIZERS_PARALLELISM", "MLFLOW_DISABLE_TELEMETRY", "RAY_TRAIN_V2_ENABLED",
-               "LINGO_FAULT_KILL_AFTER_CHECKPOINT", "LINGO_FAULT_FAIL_TASK", "OMP_NUM_THREADS",
-               "LINGO_TRACKING_WAIT_S", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 STATE_FILE = "sweep.json"  # parent run id of the sweep in its output folder: `--resume` continues that run
 
 
@@ -49,24 +44,6 @@ class SweepResult:
     summary: dict[str, Path] = field(default_factory=dict)  # md / parquet / png
     errors: int = 0  # trials that ended in an error
     interrupted: bool = False  # stopped by Ctrl-C: nothing registered; `lingo tune --resume` continues
-
-
-def worker_env(job: JobSpec) -> dict[str, str]:
-    env = {
-        "RAY_TRAIN_V2_ENABLED": "1",  # trial.py builds its TorchTrainer on the Train V2 API
-        "TOKENIZERS_PARALLELISM": "false",  # HF tokenizers deadlock in forked Ray workers otherwise
-        "MLFLOW_DISABLE_TELEMETRY": "true",  # no egress; telemetry calls would only stall
-        "HF_HUB_OFFLINE": "1",  # models are local (bundled SmolLM2 / folders); fail fast, never hang
-        # DeepSpeed compiles a small C++ op on first use (20-40 s); a shared cache makes that once.
-        "TORCH_EXTENSIONS_DIR": str(REPO_ROOT / ".cache" / "torch_extensions"),
-        # A worker group that waits for resources freed by another trial must not fail after Train's
-        # default 60 s; capacity is checked up front (trial_capacity), this covers slow starts.
-        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
-    }
-    if job.resources.gpus_per_worker == 0:
-        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would probe for CUDA otherwise
-    env.update({k: os.environ[k] for k in FORWARD_ENV if os.environ.get(k)})
-    return env
 
 
 def trial_capacity(job: JobSpec, cpus: float, gpus: float) -> int:
@@ -96,8 +73,7 @@ def _init_ray(job: JobSpec, address: str | None) -> tuple[bool, int]:
     started = not ray.is_initialized()
     # Inside a Ray Job (`lingo submit`) the job's runtime env already sets some of these variables for every
     # worker, and Ray refuses a driver that sets one of them again (it does not compare values): the job's win.
-    taken = _job_env_keys()
-    runtime_env = {"env_vars": {k: v for k, v in worker_env(job).items() if k not in taken}}
+    runtime_env = driver_runtime_env(job)
     address = address or job.ray.address
     if started and address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
@@ -112,6 +88,13 @@ def _init_ray(job: JobSpec, address: str | None) -> tuple[bool, int]:
     # free a stopped trial's resources through the state API that it serves.
     ray.init(num_cpus=cpus + math.ceil(cap * TRIAL_CPU), num_gpus=gpus, runtime_env=runtime_env)
     return started, cap
+
+
+def driver_runtime_env(job: JobSpec) -> dict:
+    """The runtime env this driver gives `ray.init`: the workers' environment (orchestrator/env.py), minus
+    the variables an enclosing Ray Job's runtime env already sets (see _init_ray)."""
+    taken = _job_env_keys()
+    return {"env_vars": {k: v for k, v in worker_env(job.resources.gpus_per_worker > 0).items() if k not in taken}}
 
 
 def _job_env_keys() -> set[str]:
