@@ -167,10 +167,13 @@ class ResourcesSpec:
 
 @dataclass
 class DeepSpeedSpec:
+    """The job's `deepspeed` block: the one declaration of these fields (worker.DeepSpeedSettings extends
+    it with the trial's batch size, accumulation and clip)."""
+
     enabled: bool = True  # false: each trial trains in one plain PyTorch process (workers_per_trial 1 only);
     # with one worker ZeRO shards nothing, and the plain step skips DeepSpeed's per-parameter hooks
     zero_stage: int = 2  # shards optimizer state + grads; stage 3 (params too) only pays off for large LMs
-    bf16: bool | str = "auto"  # "auto": on iff the trial has a GPU (CPU bf16 matmuls are slow here)
+    bf16: bool | str = "auto"  # "auto": on iff the worker has a GPU with bf16 (CPU bf16 matmuls are slow here)
     offload_optimizer: bool = False  # CPU offload trades speed for memory; adapters' states are tiny
     offload_param: bool = False  # stage-3 only; off because the frozen LM fits on one GPU
     config: dict = field(default_factory=dict)  # raw DeepSpeed entries merged last: an escape hatch

@@ -9,10 +9,11 @@ owns the optimizer step, the LR schedule, gradient accumulation and clipping.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from lingo_core.run_folder import WrittenRun, write_result
 from lingo_core.selection import SELECTION
 from lingo_core.train.backend import TorchBackend, linear_warmup_decay
 from lingo_core.tuners.ars.shards import Shard, ShardAccess, WholeParams
+from orchestrator.jobspec import DeepSpeedSpec
 
 # Fault injection for the resume test: when set to a path, rank 0 SIGKILLs its own process at the first
 # log step after the first checkpoint it reports, once (the marker file makes the retry run through):
@@ -39,25 +41,22 @@ MODEL_ERROR_TAG = "lingo.model_error"  # why a finished trial has no MLflow mode
 
 
 @dataclass
-class DeepSpeedSettings:
-    zero_stage: int = 2  # ZeRO-2 shards optimizer state + grads; adapters are small, stage 3 rarely pays off
+class DeepSpeedSettings(DeepSpeedSpec):
+    """One trial's DeepSpeed settings: the job's `deepspeed` block, whose fields, defaults and checks
+    DeepSpeedSpec declares once, plus the three numbers the trial's TrainConfig decides.
+    `DeepSpeedBackend.ds_config` turns them into DeepSpeed's config dict."""
+
     micro_batch_size: int = 8  # per worker; must equal TrainConfig.batch_size (the trainer's micro-batch)
     grad_accum: int = 1  # must equal TrainConfig.grad_accum: DeepSpeed decides the optimizer boundaries
     max_grad_norm: float | None = 1.0  # TrainConfig's clip, so results compare across backends
-    bf16: bool | str = "auto"  # "auto": on iff this worker has a GPU with bf16 (CPU bf16 matmuls are slow)
-    offload_optimizer: bool = False  # CPU offload trades speed for memory; adapter optimizer states are tiny
-    offload_param: bool = False  # ZeRO-3 only; the frozen LM fits on one device here
-    config: dict = field(default_factory=dict)  # raw DeepSpeed entries merged last: an escape hatch
-
-    def __post_init__(self) -> None:
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage must be 0..3, got {self.zero_stage}")
 
     @classmethod
-    def for_train(cls, cfg: Any, job_deepspeed: dict | None = None) -> DeepSpeedSettings:
-        """Settings of one trial: the job's `deepspeed` block + the TrainConfig's batch/accum/clip."""
+    def for_train(cls, cfg: Any, job_deepspeed: DeepSpeedSpec | dict | None = None) -> DeepSpeedSettings:
+        """Settings of one trial: the job's `deepspeed` block (a DeepSpeedSpec, or its dict as a trial's
+        config carries it) + the TrainConfig's batch/accum/clip."""
+        block = dataclasses.asdict(job_deepspeed) if isinstance(job_deepspeed, DeepSpeedSpec) else job_deepspeed
         return cls(micro_batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                   max_grad_norm=cfg.max_grad_norm, **dict(job_deepspeed or {}))
+                   max_grad_norm=cfg.max_grad_norm, **dict(block or {}))
 
 
 class DeepSpeedBackend:
