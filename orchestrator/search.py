@@ -20,7 +20,6 @@ Optuna cannot see inside it); ASHA still prunes across the trials of every cell.
 from __future__ import annotations
 
 import copy
-import fnmatch
 import itertools
 import math
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from lingo_core.data.loading import load_split
+from lingo_core.data.task import task_matches
 from lingo_core.method_names import RANK_METHODS
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners.config import default_rank_budget
@@ -92,12 +92,6 @@ def materialize_trial(job: JobSpec, trial_config: dict) -> TrainConfig:
 
 
 # --------------------------------------------------------------------------------------- budgets
-
-
-def task_matches(task: Any, pattern: str) -> bool:
-    """Whether a budgets pattern names the task: its name, short name or "<group>/<folder>"."""
-    folder = "/".join(Path(task.path).parts[-2:])  # "prom/prom_core_tata": lets "prom/*" match
-    return any(fnmatch.fnmatchcase(n, pattern) for n in (task.name, task.short_name, folder))
 
 
 def budget_entry(job: JobSpec, task: Any) -> BudgetSpec | str:

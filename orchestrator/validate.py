@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lingo_core.data.task import task_matches
 from lingo_core.method_names import METHODS, RANK_METHODS
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners.config import RENAMED_KEYS, AdapterSettings
@@ -41,7 +42,6 @@ from orchestrator.search import (
     materialize_trial,
     n_train_of,
     set_path,
-    task_matches,
     train_config,
 )
 from orchestrator.specfields import coerce, describe, suggest

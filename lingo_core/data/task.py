@@ -156,6 +156,23 @@ def default_data_root() -> Path | None:
     return None
 
 
+GLOB_CHARS = "*?["
+"""A pattern with one of these is an fnmatch glob; without, it names one task (TaskRegistry.get)."""
+
+
+def task_folder(task: TaskSpec) -> str:
+    """The task's folder as "<group>/<folder>" ("prom/prom_core_tata"): the last two path components,
+    so a pattern means the same whatever the data root is called or wherever it is mounted."""
+    return "/".join(task.path.parts[-2:])
+
+
+def task_matches(task: TaskSpec, pattern: str) -> bool:
+    """The one rule for whether a task pattern names a task: an fnmatch (case-sensitive) of the pattern on
+    its name, its short name or its folder, so "tf/*", "H3K*" and "prom/*" (the prom_* tasks live in
+    prom/) all work. A job's `tasks` (through TaskRegistry.select) and its `budgets` keys both use it."""
+    return any(fnmatch.fnmatchcase(n, pattern) for n in (task.name, task.short_name, task_folder(task)))
+
+
 def _close(query: str, names: Sequence[str]) -> str:
     pool = list(names) + [n.rsplit("/", 1)[-1] for n in names]
     close = difflib.get_close_matches(query, pool, n=5, cutoff=0.5)
@@ -221,17 +238,12 @@ class TaskRegistry:
             )
         raise UnknownTaskError(f"unknown task {name!r}; {_close(name, self.names())}")
 
-    def _rel(self, task: TaskSpec) -> str:
-        if self.root is not None:
-            try:
-                return task.path.relative_to(self.root).as_posix()
-            except ValueError:
-                pass
-        return task.name
-
     def select(self, patterns: Sequence[str]) -> list[TaskSpec]:
-        """Tasks matching any pattern: "all", exact/short names, or fnmatch globs on the name or
-        on the folder path ("prom/*"). Registry order, no duplicates."""
+        """Tasks matching any pattern (`task_matches`), or "all". Registry order, no duplicates.
+
+        A glob may match many tasks but must match one; a pattern without glob characters must name
+        exactly one task: where several match, `get` decides (the exact name wins over a short name,
+        an ambiguous short name is an error)."""
         if isinstance(patterns, str):
             patterns = [patterns]  # a bare string would otherwise be matched letter by letter
         if not patterns:
@@ -243,14 +255,12 @@ class TaskRegistry:
             if pat == "all":
                 chosen.update(self._tasks)
                 continue
-            if not any(c in pat for c in "*?["):
-                chosen.add(self.get(pat).name)
+            hits = [t.name for t in self._tasks.values() if task_matches(t, pat)]
+            if not any(c in pat for c in GLOB_CHARS):
+                # get() only ever finds a task task_matches names too (exact or short name), so one hit
+                # is get()'s answer; for none or several its error / exact-name rule applies.
+                chosen.add(hits[0] if len(hits) == 1 else self.get(pat).name)
                 continue
-            hits = [
-                t.name
-                for t in self._tasks.values()
-                if fnmatch.fnmatchcase(t.name, pat) or fnmatch.fnmatchcase(self._rel(t), pat)
-            ]
             if not hits:
                 raise UnknownTaskError(
                     f"pattern {pat!r} matches no task; known tasks: {', '.join(self.names())}"
