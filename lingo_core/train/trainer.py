@@ -28,8 +28,11 @@ from lingo_core.train.backend import TorchBackend, TrainBackend
 from lingo_core.train.checkpoint import load_checkpoint, save_checkpoint
 from lingo_core.train.config import TrainConfig
 from lingo_core.train.metrics import classification_metrics
+from lingo_core.tuners import budget
+from lingo_core.tuners.config import AdapterSettings
 
 if TYPE_CHECKING:
+    from lingo_core.data.task import TaskSpec
     from lingo_core.tuners.ars import RankController
 
 _SCALARS = ("mcc", "f1", "accuracy", "auroc", "loss")  # metrics forwarded to hooks as dev_<name>
@@ -117,18 +120,19 @@ def _prepare_data(cfg: TrainConfig):
 
     spec = TaskRegistry.from_root(cfg.data_root).get(cfg.task)
     tables = load_task(spec)
+    split_rows = tables["train"].num_rows  # before the subset: what the rank budget rule counts from
     for split, n, salt in (("train", cfg.max_train_samples, 0), ("dev", cfg.max_eval_samples, 1),
                            ("test", cfg.max_eval_samples, 2)):
         labels = tables[split].column("label").to_numpy()
         tables[split] = tables[split].take(stratified_subset(labels, n, cfg.seed + salt))
-    return spec, tables
+    return spec, tables, split_rows
 
 
-def _resolve_adapter(cfg: TrainConfig, spec, n_train: int):
-    """Fill a rank budget left as None from the task's default (ars/adalora only)."""
-    from lingo_core.tuners.config import RANK_METHODS, resolve_ranks
-
-    return resolve_ranks(cfg.adapter, spec, n_train) if cfg.adapter.method in RANK_METHODS else cfg.adapter
+def resolve_adapter(cfg: TrainConfig, spec: TaskSpec, split_rows: int | None = None) -> AdapterSettings:
+    """The adapter settings a run of `cfg` on `spec` trains with: ranks left None (ars/adalora) filled by
+    the one default budget rule, lingo_core.tuners.budget, on the rows it counts (the sweep records the
+    same budget for the trial). `split_rows`: the loaded train split's size, to spare a second read."""
+    return budget.resolve_adapter(cfg.adapter, spec, cfg.max_train_samples, split_rows)
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------
@@ -201,7 +205,7 @@ def train(
     backend = backend or TorchBackend(grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm)
     rank, world = backend.rank, backend.world_size
     folder = RunFolder(Path(cfg.output_dir))  # the layout's one owner: lingo_core/run_folder.py
-    spec, tables = _prepare_data(cfg)
+    spec, tables, split_rows = _prepare_data(cfg)
     ref = resolve_model(cfg.model)
     if rank == 0:  # only once the task, its data and the model are known to exist: a bad name leaves nothing
         folder.root.mkdir(parents=True, exist_ok=True)
@@ -211,7 +215,7 @@ def train(
     n_train = len(data["train"])
     total_steps = cfg.total_steps(n_train, world)
     spe = cfg.steps_per_epoch(n_train, world)
-    settings = _resolve_adapter(cfg, spec, n_train)
+    settings = resolve_adapter(cfg, spec, split_rows)
 
     torch.manual_seed(cfg.seed)  # the classification head and adapter inits are random
     raw = load_classifier(ref, spec.num_labels)
