@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from lingo_core.run_folder import RunFolder
 from lingo_core.selection import SELECTION
-from lingo_core.train.backend import TorchBackend, TrainBackend
+from lingo_core.train.backend import TorchBackend, TrainBackend, check_backend
 from lingo_core.train.checkpoint import load_checkpoint, save_checkpoint
 from lingo_core.train.config import TrainConfig
 from lingo_core.train.metrics import classification_metrics
@@ -202,7 +202,8 @@ def train(
 
     t0 = time.perf_counter()
     hooks = hooks or TrainHooks()
-    backend = backend or TorchBackend(grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm)
+    backend = backend or TorchBackend.for_config(cfg)
+    check_backend(backend, cfg)  # before any work: a hand-built backend may accumulate or clip otherwise
     rank, world = backend.rank, backend.world_size
     folder = RunFolder(Path(cfg.output_dir))  # the layout's one owner: lingo_core/run_folder.py
     spec, tables, split_rows = _prepare_data(cfg)
