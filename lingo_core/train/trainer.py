@@ -62,7 +62,7 @@ class TrainResult:
     test_metrics: dict[str, Any]
     test_predictions: dict[str, list]  # labels, preds, probs (for a confusion matrix / ROC)
     label_names: list[str]
-    budget_history: list[dict[str, int]]
+    budget_history: list[dict[str, int]]  # RankController.history() (ars/adalora), else []
     rank_pattern: dict[str, list[bool]] | None  # of the selected (best) weights
     trainable_params: int
     total_params: int
@@ -309,6 +309,8 @@ def train(
     test_metrics = _metrics(test_ev, spec.num_labels, spec.label_names)
     identity = model_identity(ref)
     final_pattern = controller.rank_pattern() if controller is not None else None  # == the selected weights'
+    # The controller's own record, its one owner (restored with it on resume, so it covers every step);
+    # the trainer keeps no copy.
     budget_history = controller.history() if controller is not None else []
     artifact_dir = None
     with (getattr(backend, "gathered", None) or contextlib.nullcontext)():
