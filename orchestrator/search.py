@@ -27,11 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from lingo_core.data.loading import load_split
 from lingo_core.data.task import task_matches
 from lingo_core.method_names import RANK_METHODS
 from lingo_core.train.config import TrainConfig
-from lingo_core.tuners.config import default_rank_budget
+from lingo_core.tuners.budget import rank_budget
 from orchestrator.jobspec import BUDGET_DEFAULT, BudgetSpec, Dist, JobSpec
 from orchestrator.specfields import FieldError
 
@@ -104,22 +103,13 @@ def budget_entry(job: JobSpec, task: Any) -> BudgetSpec | str:
     return job.budgets.get(BUDGET_DEFAULT, "derived")
 
 
-def n_train_of(job: JobSpec, task: Any) -> int:
-    """Training rows a trial of this task sees: the split size, capped by train.max_train_samples."""
-    rows = (task.sizes or {}).get("train")
-    if rows is None:  # not in tasks.json: count once (scanned folders / FASTA)
-        rows = load_split(task, "train").num_rows
-    cap = job.train.get("max_train_samples")
-    return min(rows, cap) if cap else rows
-
-
 def budget_for(job: JobSpec, task: Any) -> tuple[int, int]:
-    """(init_r, target_r); "derived" asks lingo_core.tuners.config.default_rank_budget(task, n_train)."""
+    """(init_r, target_r): the job's explicit budgets entry, else lingo_core's default for the rows a
+    trial of this task trains on (lingo_core.tuners.budget, the rule the trainer applies too)."""
     spec = budget_entry(job, task)
     if isinstance(spec, BudgetSpec):
         return spec.init_r, spec.target_r
-    init_r, target_r = default_rank_budget(task, n_train_of(job, task))
-    return int(init_r), int(target_r)
+    return rank_budget(task, job.train.get("max_train_samples"))
 
 
 # --------------------------------------------------------------------------------------- Tune space

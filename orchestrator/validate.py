@@ -19,6 +19,7 @@ from typing import Any
 from lingo_core.data.task import task_matches
 from lingo_core.method_names import METHODS, RANK_METHODS
 from lingo_core.train.config import TrainConfig
+from lingo_core.tuners.budget import train_rows
 from lingo_core.tuners.config import RENAMED_KEYS, AdapterSettings
 from orchestrator.jobspec import (
     BUDGET_DEFAULT,
@@ -40,7 +41,6 @@ from orchestrator.search import (
     budget_entry,
     budget_for,
     materialize_trial,
-    n_train_of,
     set_path,
     train_config,
 )
@@ -165,7 +165,7 @@ def _check_schedule(job: JobSpec, task: Any, method: str, types: dict[str, Any])
         raise FieldError(where, f"task {task.name}, {method}: {e.problem}") from None
     except ValueError as e:
         raise FieldError(where, f"task {task.name}, {method}: {e}") from None
-    n_train = n_train_of(job, task)
+    n_train = train_rows(task, job.train.get("max_train_samples"))
     try:
         total = cfg.total_steps(n_train, job.resources.workers_per_trial)
         cfg.adapter.validate_schedule(total)

@@ -397,7 +397,7 @@ def build_backend(cfg: Any, job_deepspeed: dict | None) -> DeepSpeedBackend | To
     single-process TorchBackend on this worker's device (job validation allows that with one worker only)."""
     job_deepspeed = dict(job_deepspeed or {})
     if not job_deepspeed.pop("enabled", True):
-        return TorchBackend(_device(), grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm)
+        return TorchBackend.for_config(cfg, _device())
     return DeepSpeedBackend(DeepSpeedSettings.for_train(cfg, job_deepspeed))
 
 

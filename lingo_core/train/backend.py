@@ -1,5 +1,10 @@
 """Training backends. The trainer talks only to the `TrainBackend` protocol, so the orchestrator's
-DeepSpeedBackend (ZeRO, multi-GPU) and the single-process `TorchBackend` here are interchangeable."""
+DeepSpeedBackend (ZeRO, multi-GPU) and the single-process `TorchBackend` here are interchangeable.
+
+Gradient accumulation and clipping are facts of the run's TrainConfig; a backend applies them (it
+decides the optimizer boundaries), so it is built from the config (`TorchBackend.for_config`, the
+worker's `build_backend`) and train() refuses one that was built with other values (`check_backend`).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,16 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lingo_core.tuners.ars.shards import ShardAccess, WholeParams
+
+if TYPE_CHECKING:
+    from lingo_core.train.config import TrainConfig
 
 
 @runtime_checkable
@@ -41,8 +49,8 @@ class TrainBackend(Protocol):
     ) -> nn.Module:
         """Move/wrap the model, build AdamW over `params` (None: all trainable) with linear warm-up then
         linear decay to 0 at total_steps. Gradient accumulation and clipping are construction settings of
-        the backend and must match TrainConfig.grad_accum / max_grad_norm. Returns the module to call for
-        forward passes (may be a wrapper such as a DeepSpeed engine)."""
+        the backend, taken from the run's TrainConfig (see the module docstring). Returns the module to
+        call for forward passes (may be a wrapper such as a DeepSpeed engine)."""
         ...
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -79,6 +87,24 @@ class TrainBackend(Protocol):
     # Optional (the trainer falls back when absent):
     #   autocast() -> context manager for forward passes (mixed precision); default: none
     #   gathered() -> context in which the raw model holds full parameters (ZeRO-3); default: none
+    #   grad_accum, max_grad_norm -> what the backend was built with (or on .settings); train() checks them
+
+
+_UNSET = object()
+
+
+def check_backend(backend: object, cfg: TrainConfig) -> None:
+    """Raise ValueError when `backend` accumulates or clips otherwise than `cfg`: the trainer counts
+    steps, epochs and the schedule from cfg.grad_accum, the backend applies the optimizer at its own
+    boundaries, so a mismatch would train silently with another step count and clip."""
+    # TorchBackend keeps them as attributes; DeepSpeedBackend on its `settings` (orchestrator/worker.py).
+    for name, norm in (("grad_accum", int), ("max_grad_norm", lambda v: v or None)):  # None and 0: no clip
+        have = getattr(backend, name, getattr(getattr(backend, "settings", None), name, _UNSET))
+        if have is not _UNSET and norm(have) != norm(getattr(cfg, name)):
+            raise ValueError(
+                f"{type(backend).__name__}.{name} is {have!r} but TrainConfig.{name} is {getattr(cfg, name)!r}; "
+                "build the backend from the config (TorchBackend.for_config, or the worker's build_backend)"
+            )
 
 
 def linear_warmup_decay(warmup_steps: int, total_steps: int):
@@ -130,8 +156,8 @@ class TorchBackend:
         self,
         device: str | torch.device | None = None,
         *,
-        grad_accum: int = 1,  # no accumulation unless asked; train() passes cfg.grad_accum
-        max_grad_norm: float | None = 1.0,  # standard clipping; train() passes cfg.max_grad_norm
+        grad_accum: int = 1,  # no accumulation unless asked; for_config passes cfg.grad_accum
+        max_grad_norm: float | None = 1.0,  # standard clipping; for_config passes cfg.max_grad_norm
     ) -> None:
         if grad_accum < 1:
             raise ValueError(f"TorchBackend.grad_accum={grad_accum}: expected a positive integer")
@@ -146,6 +172,12 @@ class TorchBackend:
         self.max_grad_norm = max_grad_norm or None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+
+    @classmethod
+    def for_config(cls, cfg: TrainConfig, device: str | torch.device | None = None) -> TorchBackend:
+        """The backend of a run of `cfg`: its accumulation and clipping come from the config, so the two
+        cannot disagree."""
+        return cls(device, grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm)
 
     # ---- set-up ------------------------------------------------------------------------------------------
     def prepare(

@@ -22,15 +22,17 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from lingo_core.method_names import RANK_METHODS
 from lingo_core.run_folder import RunFolder
 from lingo_core.selection import SELECTION
-from lingo_core.train.backend import TorchBackend, TrainBackend
+from lingo_core.train.backend import TorchBackend, TrainBackend, check_backend
 from lingo_core.train.checkpoint import load_checkpoint, save_checkpoint
 from lingo_core.train.config import TrainConfig
 from lingo_core.train.metrics import classification_metrics
+from lingo_core.tuners import budget
+from lingo_core.tuners.config import AdapterSettings
 
 if TYPE_CHECKING:
+    from lingo_core.data.task import TaskSpec
     from lingo_core.tuners.ars import RankController
 
 _SCALARS = ("mcc", "f1", "accuracy", "auroc", "loss")  # metrics forwarded to hooks as dev_<name>
@@ -60,7 +62,7 @@ class TrainResult:
     test_metrics: dict[str, Any]
     test_predictions: dict[str, list]  # labels, preds, probs (for a confusion matrix / ROC)
     label_names: list[str]
-    budget_history: list[dict[str, int]]
+    budget_history: list[dict[str, int]]  # RankController.history() (ars/adalora), else []
     rank_pattern: dict[str, list[bool]] | None  # of the selected (best) weights
     trainable_params: int
     total_params: int
@@ -118,18 +120,19 @@ def _prepare_data(cfg: TrainConfig):
 
     spec = TaskRegistry.from_root(cfg.data_root).get(cfg.task)
     tables = load_task(spec)
+    split_rows = tables["train"].num_rows  # before the subset: what the rank budget rule counts from
     for split, n, salt in (("train", cfg.max_train_samples, 0), ("dev", cfg.max_eval_samples, 1),
                            ("test", cfg.max_eval_samples, 2)):
         labels = tables[split].column("label").to_numpy()
         tables[split] = tables[split].take(stratified_subset(labels, n, cfg.seed + salt))
-    return spec, tables
+    return spec, tables, split_rows
 
 
-def _resolve_adapter(cfg: TrainConfig, spec, n_train: int):
-    """Fill a rank budget left as None from the task's default (ars/adalora only)."""
-    from lingo_core.tuners.config import resolve_ranks
-
-    return resolve_ranks(cfg.adapter, spec, n_train) if cfg.adapter.method in RANK_METHODS else cfg.adapter
+def resolve_adapter(cfg: TrainConfig, spec: TaskSpec, split_rows: int | None = None) -> AdapterSettings:
+    """The adapter settings a run of `cfg` on `spec` trains with: ranks left None (ars/adalora) filled by
+    the one default budget rule, lingo_core.tuners.budget, on the rows it counts (the sweep records the
+    same budget for the trial). `split_rows`: the loaded train split's size, to spare a second read."""
+    return budget.resolve_adapter(cfg.adapter, spec, cfg.max_train_samples, split_rows)
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------
@@ -199,10 +202,11 @@ def train(
 
     t0 = time.perf_counter()
     hooks = hooks or TrainHooks()
-    backend = backend or TorchBackend(grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm)
+    backend = backend or TorchBackend.for_config(cfg)
+    check_backend(backend, cfg)  # before any work: a hand-built backend may accumulate or clip otherwise
     rank, world = backend.rank, backend.world_size
     folder = RunFolder(Path(cfg.output_dir))  # the layout's one owner: lingo_core/run_folder.py
-    spec, tables = _prepare_data(cfg)
+    spec, tables, split_rows = _prepare_data(cfg)
     ref = resolve_model(cfg.model)
     if rank == 0:  # only once the task, its data and the model are known to exist: a bad name leaves nothing
         folder.root.mkdir(parents=True, exist_ok=True)
@@ -212,7 +216,7 @@ def train(
     n_train = len(data["train"])
     total_steps = cfg.total_steps(n_train, world)
     spe = cfg.steps_per_epoch(n_train, world)
-    settings = _resolve_adapter(cfg, spec, n_train)
+    settings = resolve_adapter(cfg, spec, split_rows)
 
     torch.manual_seed(cfg.seed)  # the classification head and adapter inits are random
     raw = load_classifier(ref, spec.num_labels)
@@ -305,6 +309,8 @@ def train(
     test_metrics = _metrics(test_ev, spec.num_labels, spec.label_names)
     identity = model_identity(ref)
     final_pattern = controller.rank_pattern() if controller is not None else None  # == the selected weights'
+    # The controller's own record, its one owner (restored with it on resume, so it covers every step);
+    # the trainer keeps no copy.
     budget_history = controller.history() if controller is not None else []
     artifact_dir = None
     with (getattr(backend, "gathered", None) or contextlib.nullcontext)():

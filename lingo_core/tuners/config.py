@@ -3,6 +3,7 @@
 `AdapterSettings` is what users and job specs set; `build_model` (methods.py) turns it into a PEFT
 config. Ranks and schedule lengths may stay None here: they depend on the task size and on the number
 of optimizer steps, which are known only when training starts (`resolve_ranks`, `validate_schedule`).
+The rank rule is applied to a run's training rows, counted one way, in `budget.py`.
 """
 
 from __future__ import annotations
@@ -189,7 +190,8 @@ def default_rank_budget(task: TaskSpec | None, n_train: int | None) -> tuple[int
 
     Rule: init_r = DEFAULT_INIT_R (8); target_r = 2 below 5k sequences, 4 below 30k, 6 otherwise.
     Larger tasks can afford (and need) more rank; tiny ones over-fit with it. When n_train is None the
-    task's known train size (`task.sizes["train"]`) is used.
+    task's known train size (`task.sizes["train"]`) is used. For a run, ask lingo_core.tuners.budget,
+    which counts the rows the run trains on (after max_train_samples) the one way.
     """
     if n_train is None and task is not None and task.sizes:
         n_train = task.sizes.get("train")

@@ -13,7 +13,6 @@ saved with the adapter.
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 
 import torch
@@ -24,14 +23,14 @@ from transformers import PreTrainedModel
 from lingo_core.method_names import METHODS, RANK_METHODS
 from lingo_core.modeling import DEFAULT_TARGET_MODULES, family
 from lingo_core.tuners.ars import RankController, RankSchedule, gate_svd_layers
-from lingo_core.tuners.config import DEFAULT_INIT_R, AdapterSettings, default_rank_budget
+from lingo_core.tuners.config import AdapterSettings, resolve_ranks
 
 __all__ = ["HEAD", "METHODS", "build_model", "default_target_modules", "linear_module_names", "trainable_summary"]
 
 HEAD = "score"
 """Name of the classification head of transformers' *ForSequenceClassification (LLaMA, OPT, Mistral, ...)."""
 
-_FALLBACK_N_TRAIN = 10_000  # ranks unresolved at build time: use the middle tier of default_rank_budget
+_FALLBACK_N_TRAIN = 10_000  # ranks unresolved at build time (no task known): the middle tier of the rule
 
 
 def default_target_modules(model: nn.Module) -> list[str]:
@@ -87,15 +86,15 @@ def _head(model: nn.Module) -> nn.Module:
 def _with_ranks(settings: AdapterSettings) -> AdapterSettings:
     if settings.init_r is not None and settings.target_r is not None:
         return settings
-    init_r, target_r = default_rank_budget(None, _FALLBACK_N_TRAIN)
+    # No task here: resolve_ranks (the rule's owner, config.py) at a mid-size row count.
+    resolved = resolve_ranks(settings, None, _FALLBACK_N_TRAIN)
     warnings.warn(
         "AdapterSettings.init_r/target_r unset at build_model; using the mid-size default "
-        f"({init_r}, {target_r}). Call lingo_core.tuners.resolve_ranks(settings, task, n_train) first "
-        "for the task-size rule",
+        f"({resolved.init_r}, {resolved.target_r}). Call lingo_core.tuners.budget.resolve_adapter(settings, "
+        "task, max_train_samples) first for the task-size rule",
         stacklevel=3,
     )
-    init_r = settings.init_r or max(DEFAULT_INIT_R, settings.target_r or 0)
-    return dataclasses.replace(settings, init_r=init_r, target_r=settings.target_r or min(target_r, init_r))
+    return resolved
 
 
 def _rank_model(base: PreTrainedModel, settings: AdapterSettings, targets: list[str], total_steps: int,

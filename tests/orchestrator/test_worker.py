@@ -283,3 +283,17 @@ def test_disabled_deepspeed_builds_the_plain_backend() -> None:
     backend = build_backend(cfg, {"enabled": False, "zero_stage": 2, "bf16": "auto"})
     assert isinstance(backend, TorchBackend)
     assert (backend.grad_accum, backend.max_grad_norm) == (2, 0.5)  # the trial's own accumulation and clip
+
+
+def test_deepspeed_settings_of_a_trial_pass_the_trainers_check() -> None:
+    """build_backend's DeepSpeed settings come from the trial's TrainConfig: train() accepts them."""
+    from types import SimpleNamespace
+
+    from lingo_core.train import TrainConfig
+    from lingo_core.train.backend import check_backend
+    from orchestrator.worker import DeepSpeedSettings
+
+    cfg = TrainConfig(task="prom_core_tata", grad_accum=3, max_grad_norm=0.25)
+    check_backend(SimpleNamespace(settings=DeepSpeedSettings.for_train(cfg, {"zero_stage": 2})), cfg)
+    with pytest.raises(ValueError, match="grad_accum"):
+        check_backend(SimpleNamespace(settings=DeepSpeedSettings(grad_accum=1)), cfg)

@@ -133,3 +133,26 @@ def test_resume_equals_uninterrupted(tiny_model_dir, gue_root, tmp_path):
     a = load_file(str(full.artifact_dir / "adapter_model.safetensors"))
     b = load_file(str(resumed.artifact_dir / "adapter_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_budget_history_has_one_owner_the_controller(tiny_model_dir, gue_root, tmp_path, monkeypatch):
+    """The run's budget history is the rank controller's record, not a copy the trainer keeps: the result
+    holds the very list controller.history() returned, and every logged budget is that record's."""
+    from lingo_core.tuners.ars import RankController
+
+    returned = []
+    history = RankController.history
+
+    def spy(self):
+        returned.append(history(self))
+        return returned[-1]
+
+    monkeypatch.setattr(RankController, "history", spy)
+    logs = {}
+    cfg = _cfg(tiny_model_dir, gue_root, tmp_path, epochs=2, lr=5e-3)
+    result = train(cfg, hooks=TrainHooks(on_log=lambda s, m: logs.setdefault(s, m)))
+    assert returned and result.budget_history is returned[-1]  # the controller's object, not a rebuilt copy
+    assert [h["step"] for h in result.budget_history] == list(range(1, result.total_steps + 1)) == sorted(logs)
+    for h in result.budget_history:
+        assert {k: logs[h["step"]][k] for k in ("budget", "active_ranks", "regrown", "dropped")} == \
+            {k: h[k] for k in ("budget", "active_ranks", "regrown", "dropped")}

@@ -9,6 +9,7 @@ import pytest
 from lingo_core.data.task import TaskSpec
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners import AdapterSettings, build_model, default_rank_budget, resolve_ranks
+from lingo_core.tuners.budget import rank_budget, resolve_adapter, train_rows
 
 
 def test_defaults_are_valid():
@@ -113,3 +114,29 @@ def test_resolve_ranks_fills_only_unset_ranks():
     assert resolve_ranks(AdapterSettings(target_r=12), None, 100).init_r == 12  # init raised to target
     kept = resolve_ranks(AdapterSettings(init_r=6, target_r=1), None, 100)
     assert (kept.init_r, kept.target_r) == (6, 1)
+
+
+def test_train_rows_counts_the_split_after_max_train_samples():
+    assert train_rows(_task(40_000), None) == 40_000
+    assert train_rows(_task(40_000), 512) == 512  # the cap: what the trainer's stratified subset keeps
+    assert train_rows(_task(300), 512) == 300  # a cap above the split changes nothing
+    assert train_rows(_task(None), 2_000, split_rows=7_000) == 2_000  # the caller's loaded count
+    assert rank_budget(_task(40_000), None) == (8, 6) and rank_budget(_task(40_000), 20_000) == (8, 4)
+
+
+def test_resolve_adapter_fills_rank_methods_only():
+    ars = resolve_adapter(AdapterSettings(method="adalora"), _task(40_000), 4_000)
+    assert (ars.init_r, ars.target_r) == (8, 2)
+    lora = resolve_adapter(AdapterSettings(method="lora"), _task(40_000), None)
+    assert (lora.init_r, lora.target_r) == (None, None)
+
+
+def test_build_model_fallback_is_the_rule_at_a_mid_size_task(make_base):
+    """Unresolved ranks at build_model: resolve_ranks at 10k rows (8 -> 4), user ranks kept, with a warning."""
+    with pytest.warns(UserWarning, match="unset at build_model"):
+        _, controller = build_model(make_base(), AdapterSettings(target_r=3), 40, 0)
+    n = len(controller.names)
+    assert (controller.init_budget, controller.target_budget) == (8 * n, 3 * n)
+    with pytest.warns(UserWarning, match=r"\(8, 4\)"):
+        _, controller = build_model(make_base(), AdapterSettings(), 40, 0)
+    assert (controller.init_budget, controller.target_budget) == (8 * n, 4 * n)
