@@ -20,7 +20,8 @@ from lingo_core.data.task import task_matches
 from lingo_core.method_names import METHODS, RANK_METHODS
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners.budget import train_rows
-from lingo_core.tuners.config import RENAMED_KEYS, AdapterSettings
+from lingo_core.tuners.config import RENAMED_KEYS
+from lingo_core.typed import coerce, describe, suggest
 from orchestrator.jobspec import (
     BUDGET_DEFAULT,
     DIST_KINDS,
@@ -44,7 +45,6 @@ from orchestrator.search import (
     set_path,
     train_config,
 )
-from orchestrator.specfields import coerce, describe, suggest
 
 # Set by the job's top level or by the cell, never by `train` / `search` (one source of truth each).
 JOB_OWNED = {"task": "tasks", "seed": "seeds", "model": "model", "data_root": "data_root",
@@ -160,7 +160,7 @@ def _check_schedule(job: JobSpec, task: Any, method: str, types: dict[str, Any])
     try:
         cfg = materialize_trial(job, {"cell": cell, "params": params})
         cfg.adapter.init_r, cfg.adapter.target_r = init_r, target_r
-        AdapterSettings(**{f: getattr(cfg.adapter, f) for f in cfg.adapter.__dataclass_fields__})
+        dataclasses.replace(cfg.adapter)  # runs AdapterSettings.__post_init__ again, with the budget's ranks
     except FieldError as e:
         raise FieldError(where, f"task {task.name}, {method}: {e.problem}") from None
     except ValueError as e:
