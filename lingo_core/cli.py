@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
+import functools
 import inspect
 import json
 import sys
@@ -25,7 +25,7 @@ from lingo_core.data.task import UnknownTaskError
 from lingo_core.storage import StorageError
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners.config import AdapterSettings
-from lingo_core.typed import FieldError, load_yaml, parse_value
+from lingo_core.typed import FieldError, field_types, load_yaml, parse_value
 
 _SHORTCUTS = {"method": "adapter.method"}  # the one adapter knob everybody sets: allow plain --method
 
@@ -47,14 +47,10 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 def _fields() -> dict[str, tuple[Any, Any, str]]:
     """Dotted key -> (type, default, help) for every TrainConfig / AdapterSettings field."""
-    out: dict[str, tuple[Any, Any, str]] = {}
-    for cls, prefix in ((TrainConfig, ""), (AdapterSettings, "adapter.")):
-        hints, docs, inst = typing.get_type_hints(cls), _field_docs(cls), cls()
-        for f in dataclasses.fields(cls):
-            if f.name == "adapter" and cls is TrainConfig:
-                continue
-            out[prefix + f.name] = (hints[f.name], getattr(inst, f.name), docs.get(f.name, ""))
-    return out
+    defaults = TrainConfig().to_dict()
+    docs = {**_field_docs(TrainConfig), **{f"adapter.{k}": v for k, v in _field_docs(AdapterSettings).items()}}
+    return {key: (hint, functools.reduce(dict.__getitem__, key.split("."), defaults), docs.get(key, ""))
+            for key, hint in field_types(TrainConfig).items()}
 
 
 def _type_name(tp: Any) -> str:

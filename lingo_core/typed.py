@@ -21,7 +21,7 @@ from typing import Any, Union
 
 import yaml
 
-__all__ = ["FieldError", "build", "coerce", "describe", "load_yaml", "parse_value", "suggest"]
+__all__ = ["FieldError", "build", "coerce", "describe", "field_types", "load_yaml", "parse_value", "suggest"]
 
 
 class FieldError(ValueError):
@@ -99,6 +99,19 @@ def coerce(value: Any, hint: Any, path: str) -> Any:
     elif isinstance(hint, type) and isinstance(value, hint):
         return value
     raise FieldError(path, f"expected {describe(hint)}, got {value!r}")
+
+
+def field_types(cls: type, prefix: str = "") -> dict[str, Any]:
+    """Dotted field path -> type hint, nested dataclasses flattened ({"adapter.exploration": float, ...}):
+    the keys a ``key=value`` override may name, for `lingo train`'s flags and a job's ``train:`` block."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(field_types(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = hints[f.name]
+    return out
 
 
 def _wants_list(hint: Any) -> bool:
