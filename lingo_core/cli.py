@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
+import functools
 import inspect
 import json
 import sys
@@ -25,6 +25,7 @@ from lingo_core.data.task import UnknownTaskError
 from lingo_core.storage import StorageError
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners.config import AdapterSettings
+from lingo_core.typed import FieldError, field_types, load_yaml, parse_value
 
 _SHORTCUTS = {"method": "adapter.method"}  # the one adapter knob everybody sets: allow plain --method
 
@@ -46,14 +47,10 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 def _fields() -> dict[str, tuple[Any, Any, str]]:
     """Dotted key -> (type, default, help) for every TrainConfig / AdapterSettings field."""
-    out: dict[str, tuple[Any, Any, str]] = {}
-    for cls, prefix in ((TrainConfig, ""), (AdapterSettings, "adapter.")):
-        hints, docs, inst = typing.get_type_hints(cls), _field_docs(cls), cls()
-        for f in dataclasses.fields(cls):
-            if f.name == "adapter" and cls is TrainConfig:
-                continue
-            out[prefix + f.name] = (hints[f.name], getattr(inst, f.name), docs.get(f.name, ""))
-    return out
+    defaults = TrainConfig().to_dict()
+    docs = {**_field_docs(TrainConfig), **{f"adapter.{k}": v for k, v in _field_docs(AdapterSettings).items()}}
+    return {key: (hint, functools.reduce(dict.__getitem__, key.split("."), defaults), docs.get(key, ""))
+            for key, hint in field_types(TrainConfig).items()}
 
 
 def _type_name(tp: Any) -> str:
@@ -65,33 +62,6 @@ def _type_name(tp: Any) -> str:
 
 def _is_optional(tp: Any) -> bool:
     return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
-
-
-def convert(key: str, raw: Any, tp: Any) -> Any:
-    """Turn a CLI string into the field's type; raises ValueError naming key, value and expectation."""
-    if not isinstance(raw, str):
-        return raw  # values from a YAML/JSON file are typed already; TrainConfig validates them
-    if _is_optional(tp):
-        if raw.strip().lower() in ("none", "null", ""):
-            return None
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    try:
-        if tp is bool:
-            low = raw.strip().lower()
-            if low in ("true", "1", "yes", "on"):
-                return True
-            if low in ("false", "0", "no", "off"):
-                return False
-            raise ValueError
-        if tp is int:
-            return int(raw)
-        if tp is float:
-            return float(raw)
-        if typing.get_origin(tp) is list:
-            return [x.strip() for x in raw.split(",") if x.strip()]
-        return raw
-    except ValueError:
-        raise ValueError(f"{key}={raw!r}: expected {_type_name(tp)}") from None
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -111,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [--config FILE] [--FIELD VALUE ...] [--adapter.FIELD VALUE ...] [key=value ...]",
         description="Fine-tune an LM on one GUE task with an adapter; writes the adapter folder, result.json, "
         "test_predictions.json and plots/ into --output-dir (layout: lingo_core/run_folder.py).",
-        epilog="Any field may also be given as key=value (e.g. adapter.target_r=4). 'none' sets an optional "
-        "field to None; lists are comma-separated.",
+        epilog="Any field may also be given as key=value (e.g. adapter.target_r=4). Values are YAML, as in "
+        "`lingo tune`: null (or nothing) for None, lists as [q_proj,v_proj] (no longer q_proj,v_proj).",
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--config", metavar="FILE", help="YAML or JSON file with TrainConfig fields (nested 'adapter:')")
@@ -129,13 +99,11 @@ def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
     """argv -> validated TrainConfig; any bad key or value exits with one clear argparse error."""
     parser = build_parser()
     ns = vars(parser.parse_args(argv))
-    fields = _fields()
     flat: dict[str, Any] = {}
     try:
         if "config" in ns:
             path = Path(ns.pop("config"))
-            text = path.read_text()
-            loaded = json.loads(text) if path.suffix == ".json" else _yaml(text, path)
+            loaded = json.loads(path.read_text()) if path.suffix == ".json" else _load_yaml(path)
             if not isinstance(loaded, dict):
                 raise ValueError(f"{path}: expected a mapping of TrainConfig fields")
             for k, v in loaded.items():
@@ -144,33 +112,33 @@ def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
                 else:
                     flat[k] = v
         overrides = ns.pop("overrides", [])
-        flat.update(ns)
+        # --FIELD VALUE and key=value are typed by the rule of `lingo tune`'s overrides (lingo_core.typed)
+        flat.update({key: _typed(key, value) for key, value in ns.items()})
         for item in overrides:
             key, eq, value = item.partition("=")
             key = _SHORTCUTS.get(key.strip(), key.strip()).replace("-", "_")
             if not eq or not key:
                 raise ValueError(f"override {item!r}: expected key=value, e.g. adapter.target_r=4")
-            flat[key] = value
-        for key in list(flat):
-            if key not in fields:
-                raise ValueError(f"unknown key {key!r}; valid keys: {', '.join(fields)}")
-            flat[key] = convert(key, flat[key], fields[key][0])
+            flat[key] = _typed(key, value)
         return TrainConfig.from_dict(_nest(flat))
     except (ValueError, OSError) as e:
         parser.error(str(e))
         raise  # unreachable: parser.error exits
 
 
-def _yaml(text: str, path: Path) -> Any:
-    import yaml
-
+def _typed(key: str, text: str) -> Any:
     try:
-        return yaml.safe_load(text)  # safe_load: a !!python/... tag is refused, never run
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ValueError(f"{path}{where}: not valid YAML ({problem}); expected a mapping of TrainConfig fields") from e
+        return parse_value(text)
+    except FieldError as e:
+        raise FieldError(f"{key}.{e.path}" if e.path else key, e.problem) from None
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        return load_yaml(path.read_bytes())  # the job spec's strict reader: no python tags, no repeated keys
+    except FieldError as e:
+        where = f"{path}:{e.line}" if e.line else str(path)
+        raise ValueError(f"{where}: {f'{e.path}: ' if e.path else ''}{e.problem}") from None
 
 
 # Raised by train() before it writes anything, for inputs the user named (task, data root, data files, model),

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lingo_core.selection import SELECTION
-from orchestrator.specfields import FieldError, build, coerce, load_yaml, suggest
+from lingo_core.typed import FieldError, build, coerce, load_yaml, parse_value, suggest
 
 __all__ = [
     "JobSpec", "JobSpecError", "FieldError", "Dist", "BudgetSpec", "apply_override", "parse_job",
@@ -308,7 +308,7 @@ def parse_overrides(overrides: typing.Sequence[str]) -> list[tuple[str, Any]]:
         if not eq or not key.strip():
             raise JobSpecError("override", item, "expected key=value (e.g. train.epochs=2)")
         try:
-            value = load_yaml(text.encode(errors="surrogateescape")) if text.strip() else None  # as strict as the file itself
+            value = parse_value(text)  # as strict as the file itself; `lingo train` types its values the same way
         except FieldError as e:
             where = f"{key.strip()}.{e.path}" if e.path else key.strip()
             raise JobSpecError(f"override {item!r}", where, e.problem) from None

@@ -31,8 +31,8 @@ from lingo_core.data.task import task_matches
 from lingo_core.method_names import RANK_METHODS
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners.budget import rank_budget
+from lingo_core.typed import FieldError
 from orchestrator.jobspec import BUDGET_DEFAULT, BudgetSpec, Dist, JobSpec
-from orchestrator.specfields import FieldError
 
 # --------------------------------------------------------------------------------------- TrainConfig paths
 

@@ -11,7 +11,6 @@ jobspec.py and search.py: jobspec <- search <- validate, no way back.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from lingo_core.data.task import task_matches
 from lingo_core.method_names import METHODS, RANK_METHODS
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners.budget import train_rows
-from lingo_core.tuners.config import RENAMED_KEYS, AdapterSettings
+from lingo_core.tuners.config import RENAMED_KEYS
+from lingo_core.typed import coerce, describe, field_types, suggest
 from orchestrator.jobspec import (
     BUDGET_DEFAULT,
     DIST_KINDS,
@@ -44,7 +44,6 @@ from orchestrator.search import (
     set_path,
     train_config,
 )
-from orchestrator.specfields import coerce, describe, suggest
 
 # Set by the job's top level or by the cell, never by `train` / `search` (one source of truth each).
 JOB_OWNED = {"task": "tasks", "seed": "seeds", "model": "model", "data_root": "data_root",
@@ -105,7 +104,7 @@ def validate_job(job: JobSpec) -> None:
     for pattern in job.budgets:
         if pattern != BUDGET_DEFAULT and not any(task_matches(t, pattern) for t in every):
             raise FieldError(f"budgets.{pattern}", f"matches no task{suggest(pattern, [t.name for t in every])}")
-    types = train_field_types()
+    types = field_types(TrainConfig)
     for key, value in _flatten(job.train).items():
         job_key = f"train.{key}"
         coerce(value, _check_key(key, job_key, types), job_key)
@@ -160,7 +159,7 @@ def _check_schedule(job: JobSpec, task: Any, method: str, types: dict[str, Any])
     try:
         cfg = materialize_trial(job, {"cell": cell, "params": params})
         cfg.adapter.init_r, cfg.adapter.target_r = init_r, target_r
-        AdapterSettings(**{f: getattr(cfg.adapter, f) for f in cfg.adapter.__dataclass_fields__})
+        dataclasses.replace(cfg.adapter)  # runs AdapterSettings.__post_init__ again, with the budget's ranks
     except FieldError as e:
         raise FieldError(where, f"task {task.name}, {method}: {e.problem}") from None
     except ValueError as e:
@@ -178,22 +177,6 @@ def _check_schedule(job: JobSpec, task: Any, method: str, types: dict[str, Any])
 
 
 # --------------------------------------------------------------------------------------- TrainConfig paths
-
-
-def train_field_types() -> dict[str, Any]:
-    """Dotted TrainConfig path -> type hint, nested dataclasses flattened ("adapter.exploration": float)."""
-
-    def walk(cls: type, prefix: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(hints[f.name]):
-                out.update(walk(hints[f.name], f"{prefix}{f.name}."))
-            else:
-                out[f"{prefix}{f.name}"] = hints[f.name]
-        return out
-
-    return walk(TrainConfig, "")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from lingo_core.tuners.config import RENAMED_KEYS, AdapterSettings
+from lingo_core.tuners.config import AdapterSettings
+from lingo_core.typed import build
 
 TOKENIZATIONS = ("bbpe", "onehot")
 
@@ -66,7 +67,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.adapter, dict):  # allow TrainConfig(adapter={...}) like from_dict does
-            self.adapter = _build(AdapterSettings, self.adapter, "adapter")
+            self.adapter = build(AdapterSettings, self.adapter, "adapter")
         if not isinstance(self.task, str) or not self.task:
             raise ValueError(f"TrainConfig.task={self.task!r}: expected a non-empty task name like 'prom_core_tata'")
         if self.tokenization not in TOKENIZATIONS:
@@ -138,33 +139,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a nested dict (job spec, JSON). Unknown keys raise, naming the full key path."""
-        return _build(cls, d, "")
+        """Build from a nested dict (job spec, JSON, `lingo train`) through lingo_core.typed.build: unknown keys
+        and wrong types raise FieldError (a ValueError) naming the full key path."""
+        return build(cls, d, "")
 
 
 def _positive_int(cfg: TrainConfig, name: str) -> None:
     v = getattr(cfg, name)
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"TrainConfig.{name}={v!r}: expected a positive integer")
-
-
-def _build(cls: type, d: Any, path: str) -> Any:
-    if isinstance(d, cls):
-        return d
-    where = path or cls.__name__
-    if not isinstance(d, dict):
-        raise ValueError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(d).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        key = f"{path}.{unknown[0]}" if path else unknown[0]
-        if cls is AdapterSettings and unknown[0] in RENAMED_KEYS:
-            raise ValueError(f"{key}: {RENAMED_KEYS[unknown[0]]}")
-        raise ValueError(f"unknown key {key!r} in {cls.__name__}; valid keys: {', '.join(sorted(fields))}")
-    kwargs = dict(d)
-    if cls is TrainConfig and "adapter" in kwargs:
-        kwargs["adapter"] = _build(AdapterSettings, kwargs["adapter"], "adapter")
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # e.g. a dataclass without __post_init__ checks getting a wrong shape
-        raise ValueError(f"{where}: {e}") from e

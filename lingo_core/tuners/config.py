@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from lingo_core.method_names import METHODS
 
@@ -72,6 +72,7 @@ def _is_int(value: object) -> bool:
 class AdapterSettings:
     """How to adapt the base model (contract in docs/DESIGN.md, section Tuners)."""
 
+    RENAMED_KEYS: ClassVar[dict[str, str]] = RENAMED_KEYS  # lingo_core.typed.build explains these old keys
     method: str = "ars"  # the project's method; baselines are opt-in
     """One of METHODS."""
     init_r: int | None = None  # None: default_rank_budget picks it from the task size

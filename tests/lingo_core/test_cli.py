@@ -14,8 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def test_flags_overrides_and_nesting():
     cfg = parse_train_args(["--task", "tf/0", "--method", "lora", "--max-train-samples", "512",
-                            "--adapter.target_r", "4", "lr=3e-4", "adapter.target_modules=q_proj,v_proj",
-                            "max_steps=none", "--save-checkpoints", "true"])
+                            "--adapter.target_r", "4", "lr=3e-4", "adapter.target_modules=[q_proj,v_proj]",
+                            "max_steps=null", "--save-checkpoints", "true"])
     assert (cfg.task, cfg.adapter.method, cfg.max_train_samples, cfg.adapter.target_r) == ("tf/0", "lora", 512, 4)
     assert cfg.lr == 3e-4 and cfg.adapter.target_modules == ["q_proj", "v_proj"] and cfg.max_steps is None
     assert cfg.save_checkpoints is True
@@ -31,7 +31,9 @@ def test_config_file_then_flags_then_overrides(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["--lr", "abc"], "lr='abc': expected float"),
+        (["--lr", "abc"], "lr: expected a float, got 'abc'"),
+        (["adapter.target_modules=q_proj,v_proj"], "write a YAML list: [q_proj,v_proj]"),  # the old comma form
+        (["max_steps=none"], "max_steps: expected an integer or null, got 'none'"),  # YAML's null is null
         (["adapter.rank=4"], "unknown key 'adapter.rank'"),
         (["--epochs", "0"], "TrainConfig.epochs=0"),
         (["--method", "dora"], "AdapterSettings.method"),
@@ -49,7 +51,7 @@ def test_bad_arguments_give_one_clear_error(argv, needle, capsys):
 def test_module_entry_point_reports_errors():
     proc = subprocess.run([sys.executable, "-m", "lingo_core", "train", "--batch-size", "x"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "batch_size='x': expected int" in proc.stderr
+    assert proc.returncode == 2 and "batch_size: expected an integer, got 'x'" in proc.stderr
 
 
 def test_train_main_end_to_end(tiny_model_dir, gue_root, tmp_path, capsys):

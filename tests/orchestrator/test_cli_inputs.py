@@ -30,7 +30,7 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
     (["data", "report", "--sample", "many"], "lingo data report: error: argument --sample: invalid int value: 'many'"),
     (["data", "report", "--tasks", "no_such_task", "--out", "{tmp}/r"], "lingo data report: error: unknown task "
                                                                        "'no_such_task'"),
-    (["train", "--lr", "abc"], "lingo train: error: lr='abc': expected float (see lingo train --help)"),
+    (["train", "--lr", "abc"], "lingo train: error: lr: expected a float, got 'abc' (see lingo train --help)"),
     (["train", "--epochs"], "lingo train: error: argument --epochs: expected one argument"),
     (["train", "--config", "{tmp}/absent.yaml"], "lingo train: error: [Errno 2] No such file or directory"),
     (["train", "--task", "prom_core_tata", "--data-root", "{tmp}/absent", "--output-dir", "{tmp}/run"],

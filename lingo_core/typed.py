@@ -1,6 +1,7 @@
-"""Spec files -> typed dataclasses, with every error naming its key path (and line, where known).
+"""The one typed config path: YAML text -> typed dataclasses, every error naming its key path (and line).
 
     bytes --load_yaml--> dicts/lists/scalars --build--> (nested) dataclass
+    "k=v" --parse_value(v)--^   (`lingo train` and `lingo tune` overrides: one rule, YAML)
 
 ``load_yaml`` is strict where PyYAML is lenient: the text must be UTF-8, a key may not repeat in a
 mapping (PyYAML keeps the last silently, so a second ``train:`` block would discard the first), and
@@ -20,7 +21,7 @@ from typing import Any, Union
 
 import yaml
 
-__all__ = ["FieldError", "build", "coerce", "describe", "load_yaml", "suggest"]
+__all__ = ["FieldError", "build", "coerce", "describe", "field_types", "load_yaml", "parse_value", "suggest"]
 
 
 class FieldError(ValueError):
@@ -43,7 +44,7 @@ def describe(hint: Any) -> str:
         return " or ".join(describe(a) for a in args if a is not type(None)) + (
             " or null" if type(None) in args else "")
     if origin is list:
-        return f"a list of {describe(args[0])}s" if args else "a list"
+        return f"a list of {describe(args[0]).split(' ', 1)[-1]}s" if args else "a list"  # "a list of floats"
     return {int: "an integer", float: "a float", bool: "a boolean", str: "a string", dict: "a mapping"}.get(
         hint, getattr(hint, "__name__", str(hint)))
 
@@ -55,6 +56,11 @@ def coerce(value: Any, hint: Any, path: str) -> Any:
     """``value`` as type ``hint`` or FieldError(path). YAML 1.1 reads ``1e-4`` as a string, so
     float-looking strings count as floats; bools are never numbers (``True`` is no batch size)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if isinstance(value, str) and "," in value and _wants_list(hint):
+        # The old `lingo train` split "q_proj,v_proj" on commas. Not any more: torchtune (OmegaConf dotlists)
+        # and Hydra read overrides as YAML, so `[q_proj,v_proj]` is what their users type, and splitting would
+        # make one text mean a string in one field and a list in the next. One retry beats a silent guess.
+        raise FieldError(path, f"expected {describe(hint)}, got {value!r}; write a YAML list: [{value}]")
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -95,6 +101,25 @@ def coerce(value: Any, hint: Any, path: str) -> Any:
     raise FieldError(path, f"expected {describe(hint)}, got {value!r}")
 
 
+def field_types(cls: type, prefix: str = "") -> dict[str, Any]:
+    """Dotted field path -> type hint, nested dataclasses flattened ({"adapter.exploration": float, ...}):
+    the keys a ``key=value`` override may name, for `lingo train`'s flags and a job's ``train:`` block."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(field_types(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = hints[f.name]
+    return out
+
+
+def _wants_list(hint: Any) -> bool:
+    """A list field that takes no plain string (``list[str] | None``, not ``list[str] | str``)."""
+    arms = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
+    return any(typing.get_origin(a) is list for a in arms) and str not in arms
+
+
 def build(cls: type, raw: Any, path: str = "") -> Any:
     """Dataclass ``cls`` from a mapping, nested dataclasses included; errors carry the key path."""
     def sub(name: str) -> str:
@@ -105,9 +130,12 @@ def build(cls: type, raw: Any, path: str = "") -> Any:
     if not isinstance(raw, dict):
         raise FieldError(path, f"expected a mapping, got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    renamed = getattr(cls, "RENAMED_KEYS", {})  # old name -> how to say it now (AdapterSettings has some)
     for key in raw:
+        if key in renamed:
+            raise FieldError(sub(str(key)), renamed[key])
         if key not in fields:
-            raise FieldError(sub(str(key)), f"unknown key{suggest(str(key), fields)}")
+            raise FieldError(sub(str(key)), f"unknown key {sub(str(key))!r}{suggest(str(key), fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, f in fields.items():
@@ -188,3 +216,9 @@ def load_yaml(data: bytes) -> Any:
     except yaml.YAMLError as e:
         problem, line = _yaml_problem(e)
         raise FieldError("", f"not valid YAML: {problem}", line) from None
+
+
+def parse_value(text: str) -> Any:
+    """One ``key=value`` override's value, typed as YAML (``[a,b]``, ``1e-3``, ``null``; empty -> None), as
+    strictly as a spec file; ``coerce`` then checks it against the field's type."""
+    return load_yaml(text.encode(errors="surrogateescape")) if text.strip() else None
