@@ -302,7 +302,7 @@ def _packing(data: Data, fig: Figure) -> None:
     if seq is not None:
         ax.axhline(seq, color="0.3", linestyle="--", label=f"sequential ({seq:.0f})")
     ax.set_xlabel(size.replace("_", " "))
-    ax.set_ylabel(rate.replace("_", " "))
+    ax.set_ylabel(rate.replace("_per_s", "/s").replace("_", " "))
     ax.set_title(f"Packed trials on {data.get('device', data.get('device_name', 'GPU'))}", fontsize=10)
     ax.legend(fontsize=8)
 
@@ -323,7 +323,7 @@ def _scaling(data: Data, fig: Figure) -> None:
         ax.plot([p[0] for p in pts], [pts[0][1] * p[0] / pts[0][0] for p in pts], color=f"C{i}", linestyle=":",
                 alpha=0.6, label=f"{name + ', ' if name else ''}linear from {pts[0][0]:g}")
     ax.set_xlabel(x.replace("_", " "))
-    ax.set_ylabel(y.replace("_", " "))
+    ax.set_ylabel(y.replace("_per_s", "/s").replace("_", " "))
     ax.set_title(f"Scaling on {data.get('device', data.get('device_name', 'GPU'))}", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
