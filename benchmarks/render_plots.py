@@ -368,8 +368,9 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def render(path: Path, out: Path) -> Path:
-    """Draw one result file to out/<stem>.png; raises Unplottable (or KeyError on a malformed file)."""
+def draw(path: Path) -> Figure:
+    """The figure of one result file, footnote included; raises Unplottable (or KeyError on a malformed
+    file). The caller closes it (`render` does)."""
     fn = renderer_for(path.stem)
     if fn is None:
         raise Unplottable(f"no renderer for {path.name}")
@@ -377,8 +378,18 @@ def render(path: Path, out: Path) -> Path:
     fig = plt.figure(figsize=SIZE)
     try:
         fn(data, fig)
-        fig.text(0.005, 0.005, provenance(path, data), fontsize=7, color="0.35", ha="left", va="bottom")
-        fig.tight_layout(rect=(0, 0.03, 1, 1))
+    except BaseException:
+        plt.close(fig)
+        raise
+    fig.text(0.005, 0.005, provenance(path, data), fontsize=7, color="0.35", ha="left", va="bottom")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+def render(path: Path, out: Path) -> Path:
+    """Draw one result file to out/<stem>.png."""
+    fig = draw(path)
+    try:
         out.mkdir(parents=True, exist_ok=True)
         png = out / f"{path.stem}.png"
         # the hash lets --check find a plot drawn from an older version of the file (git keeps no mtimes)

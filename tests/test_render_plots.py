@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 from PIL import Image
 
@@ -47,6 +49,58 @@ def test_every_current_result_file_renders_a_real_png(source: Path, tmp_path: Pa
     png = rp.render(source, tmp_path)
     assert png == tmp_path / f"{source.stem}.png"
     assert_real_png(png, source)
+
+
+def _step_medians(d: dict) -> list[float]:
+    res = d["results"]
+    if all("median_s" in r for r in res.values()):  # the CPU file: one backend, seconds
+        return [r["median_s"] for r in res.values()]
+    return [r["median_ms"] for rows in res.values() for r in rows.values()]
+
+
+def _quality_means(d: dict) -> list[float]:
+    from benchmarks.quality_gpu import DNABERT2_MCC
+
+    cells: dict[tuple[str, str], list[float]] = {}
+    for r in d["rows"]:
+        cells.setdefault((r["task"], r["method"]), []).append(100 * r["test_mcc"])
+    return [statistics.fmean(v) for v in cells.values()] + [DNABERT2_MCC[t] for t, _ in cells]
+
+
+# What each current plot must show: the file's own numbers, as bar lengths or line points.
+SHOWN = {
+    "step_time_gpu": _step_medians,
+    "step_time_cpu": _step_medians,
+    "quality_gpu": _quality_means,
+    "lr_select_gpu": lambda d: [r["dev_mcc"] for r in d["rows"]],
+    "colocation_gpu": lambda d: [v for r in d["rows"] for v in
+                                 (r["aggregate_steps_per_s"], statistics.fmean(r["steps_per_s_each"]))],
+    "ars_variants_gpu": lambda d: [r[k] for r in d["rows"] for k in ("dev_mcc", "test_mcc")],
+    "mutations_cpu": lambda d: [r["seconds"] for r in d["mutations"]],
+}
+
+
+def drawn_numbers(fig) -> set[float]:
+    out: set[float] = set()
+    for ax in fig.axes:
+        for patch in ax.patches:  # bars: heights (vertical) and widths (horizontal)
+            out |= {round(patch.get_height(), 6), round(patch.get_width(), 6)}
+        for line in ax.lines:
+            out |= {round(float(v), 6) for v in [*line.get_xdata(), *line.get_ydata()]}
+    return out
+
+
+@pytest.mark.parametrize("source", CURRENT, ids=[p.stem for p in CURRENT])
+def test_every_current_plot_shows_the_numbers_of_its_file(source: Path) -> None:
+    assert source.stem in SHOWN, f"{source.name}: say here which of its numbers the plot must show"
+    fig = rp.draw(source)
+    try:
+        drawn = drawn_numbers(fig)
+    finally:
+        plt.close(fig)
+    expected = SHOWN[source.stem](json.loads(source.read_text()))
+    missing = [v for v in expected if round(v, 6) not in drawn]
+    assert expected and not missing, f"{source.name}: not drawn: {missing}"
 
 
 def test_main_renders_current_files_and_skips_snapshots(tmp_path: Path) -> None:
