@@ -75,13 +75,11 @@ def _rows(data: Data, *keys: str) -> list[dict]:
 
 def _key(rows: list[dict], candidates: tuple[str, ...], contains: tuple[str, ...] = ()) -> str:
     """The first candidate key (else the first key containing one of `contains`) that is numeric in a row."""
-    present = [k for r in rows for k in r if _num(r[k]) is not None]
-    for k in candidates:
-        if k in present:
-            return k
-    for k in present:
-        if any(c in k for c in contains):
-            return k
+    present = list(dict.fromkeys(k for r in rows for k in r if _num(r[k]) is not None))
+    found = next((k for k in candidates if k in present), None) or next(
+        (k for k in present if any(c in k for c in contains)), None)
+    if found:
+        return found
     raise Unplottable(f"none of {candidates} (or a key with {contains}) in rows; numeric keys: {sorted(set(present))}")
 
 
@@ -104,12 +102,11 @@ def _step_time(data: Data, fig: Figure) -> None:
     width = 0.8 / len(backends)
     for i, (backend, rows) in enumerate(backends.items()):
         xs = [j + (i - (len(backends) - 1) / 2) * width for j, m in enumerate(methods) if m in rows]
-        med = [rows[m][f"median_{unit}"] for m in methods if m in rows]
-        lo = [rows[m][f"median_{unit}"] - rows[m].get(f"p10_{unit}", rows[m][f"median_{unit}"]) for m in methods
-              if m in rows]
-        hi = [rows[m].get(f"p90_{unit}", rows[m][f"median_{unit}"]) - rows[m][f"median_{unit}"] for m in methods
-              if m in rows]
-        bars = ax.bar(xs, med, width, yerr=[lo, hi], capsize=3, label=label.get(backend, backend))
+        med, lo, hi = zip(*((r[f"median_{unit}"], r.get(f"p10_{unit}"), r.get(f"p90_{unit}"))
+                            for r in (rows[m] for m in methods if m in rows)), strict=True)
+        err = [[m - (q if q is not None else m) for m, q in zip(med, lo, strict=True)],
+               [(q if q is not None else m) - m for m, q in zip(med, hi, strict=True)]]
+        bars = ax.bar(xs, med, width, yerr=err, capsize=3, label=label.get(backend, backend))
         ax.bar_label(bars, fmt="%.1f" if unit == "ms" else "%.2f", padding=2, fontsize=8)
     # the references are measured under the plain backend only: dashed lines across the whole plot
     for name, style, text in (("floor", ":", "floor: frozen base fwd+bwd"), ("peft_lora", "--", "hand-written PEFT LoRA")):
@@ -290,12 +287,11 @@ def _packing(data: Data, fig: Figure) -> None:
                      and r.get("mode", "packed") != "sequential"), key=lambda r: r[size])
     if not packed:
         raise Unplottable(f"no row with both {size} and {rate}")
-    seq = _num(data.get("sequential_samples_per_s"))
-    if seq is None and isinstance(data.get("sequential"), dict | int | float):
-        s = data["sequential"]
-        seq = _num(s.get(rate, s.get("samples_per_s"))) if isinstance(s, dict) else _num(s)
-    if seq is None:
-        seq = next((float(r[rate]) for r in rows if r.get("mode") == "sequential"), None)
+    # the sequential baseline: a top-level number, a top-level row, or a row of mode "sequential"
+    s = data.get("sequential", {})
+    seq = _num(data.get("sequential_samples_per_s")) or (_num(s.get(rate, s.get("samples_per_s")))
+                                                         if isinstance(s, dict) else _num(s))
+    seq = seq or next((float(r[rate]) for r in rows if r.get("mode") == "sequential"), None)
     ax = fig.subplots()
     bars = ax.bar([str(r[size]) for r in packed], [r[rate] for r in packed], label="packed")
     ax.bar_label(bars, fmt="%.0f", fontsize=8)

@@ -8,6 +8,7 @@ benchmarks will write (trial_start, packing, scaling), whose exact keys are not 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 from pathlib import Path
@@ -190,3 +191,10 @@ def test_a_file_without_the_expected_rows_says_what_it_found(tmp_path: Path) -> 
     source.write_text(json.dumps({"results": {"k": 1}}))
     with pytest.raises(rp.Unplottable, match="top-level keys: \\['results'\\]"):
         rp.render(source, tmp_path)
+
+
+def test_benchmarks_md_shows_every_current_plot() -> None:
+    doc = (rp.REPO / "BENCHMARKS.md").read_text()
+    links = set(re.findall(r"!\[[^\]]*\]\((benchmarks/results/plots/[^)]+\.png)\)", doc))
+    assert links == {f"benchmarks/results/plots/{p.stem}.png" for p in CURRENT}
+    assert all((rp.REPO / link).is_file() for link in links)
