@@ -18,7 +18,7 @@ steps, tfinal = 1, the resample period derived as in training): the costly phase
 
 Writes benchmarks/results/step_time_<device>.json: per backend and method the median / p10 / p90 ms,
 peak memory and trainable parameters, each method's ratio to the floor, ars_over_lora and
-lora_over_peft_reference.
+lora_over_peft_lora.
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def _ratios(report: dict) -> None:
         if "ars" in rows and "adalora" in rows:
             report[f"ars_over_adalora{suffix}"] = rows["ars"]["median_ms"] / rows["adalora"]["median_ms"]
         if "lora" in rows and "peft_lora" in refs:
-            report[f"lora_over_peft_reference{suffix}"] = rows["lora"]["median_ms"] / refs["peft_lora"]["median_ms"]
+            report[f"lora_over_peft_lora{suffix}"] = rows["lora"]["median_ms"] / refs["peft_lora"]["median_ms"]
     if floor and "peft_lora" in refs:
         refs["peft_lora"]["over_floor"] = refs["peft_lora"]["median_ms"] / floor
 
