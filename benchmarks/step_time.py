@@ -101,7 +101,7 @@ def _free(device: torch.device) -> None:
 
 
 # ---- the project's step -------------------------------------------------------------------------------
-def _settings(method: str, warmup: int) -> AdapterSettings:
+def timing_settings(method: str, warmup: int) -> AdapterSettings:
     # init_r 8 -> target_r 4: a mid-size GUE task's budget; lora_r 8 = init_r (same parameter count)
     if method in RANK_METHODS:
         return AdapterSettings(method=method, init_r=8, target_r=4, tinit=warmup, tfinal=1)
@@ -121,7 +121,7 @@ def time_project(method: str, backend_name: str, base: torch.nn.Module, batch: d
                  device: torch.device) -> dict:
     total = args.warmup + args.steps + 2  # the last timed step is still before the final selection
     torch.manual_seed(0)
-    model, controller = build_model(copy.deepcopy(base), _settings(method, args.warmup),
+    model, controller = build_model(copy.deepcopy(base), timing_settings(method, args.warmup),
                                     total_steps=total, seed=0)
     params = [p for p in model.parameters() if p.requires_grad]
     n_train, n_all = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())

@@ -98,6 +98,9 @@ class DeepSpeedBackend:
             "zero_optimization": zero,
             # A plain torch AdamW (the same optimizer as TorchBackend; no fused op to build or match).
             "zero_allow_untested_optimizer": True,
+            # With offload_optimizer the torch AdamW steps the CPU copy; DeepSpeedCPUAdam would need a
+            # compiled op, and DeepSpeed refuses a client optimizer under offload unless told otherwise.
+            "zero_force_ds_cpu_optimizer": False,
             "steps_per_print": 10**9,  # the trainer logs; DeepSpeed's own step prints are noise
         }
         gpu_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
