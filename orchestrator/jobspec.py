@@ -241,6 +241,8 @@ class JobSpec:
     checkpoint; then the trial fails (FAILED in MLflow and the summary) and the sweep goes on. Two
     covers a transient fault without looping on a deterministic bug; -1 retries forever."""
     train: dict = field(default_factory=dict)  # TrainConfig defaults of every trial (nested like TrainConfig)
+    """A typed overlay of TrainConfig: the keys the file sets, each value of its field's type once
+    load_job has validated it (orchestrator.validate); search.materialize_trial lays it under a trial's."""
     search: dict = field(default_factory=dict)  # method | "all" -> {TrainConfig dotted path: value | Dist}
     budgets: dict = field(default_factory=dict)  # "default" | task name/glob -> BudgetSpec | "derived"
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)  # ASHA on dev MCC

@@ -4,7 +4,6 @@ Tune through `TuneReportCallback`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from orchestrator.worker import train_worker_fn
+    from orchestrator.worker import DeepSpeedSettings, train_worker_fn
 
     job = ctx.job
     trial_id = ray.tune.get_context().get_trial_id()
@@ -68,9 +67,9 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
         per_worker["GPU"] = res.gpus_per_worker
     trainer = TorchTrainer(
         train_worker_fn,
-        train_loop_config={
-            "train": cfg.to_dict(),
-            "deepspeed": dataclasses.asdict(job.deepspeed),
+        train_loop_config={  # the resolved objects themselves: Ray pickles them, every worker uses them as is
+            "train": cfg,
+            "deepspeed": DeepSpeedSettings.for_train(cfg, job.deepspeed),
             "mlflow": {"tracking_uri": ctx.tracking_uri, "run_id": run_id},
             "trial": {"trial_id": trial_id, "task": cell["task"], "method": cell["method"], "seed": cell["seed"],
                       "budget": cell.get("budget") or {}, "grid": cell.get("grid") or {},

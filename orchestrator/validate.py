@@ -105,9 +105,7 @@ def validate_job(job: JobSpec) -> None:
         if pattern != BUDGET_DEFAULT and not any(task_matches(t, pattern) for t in every):
             raise FieldError(f"budgets.{pattern}", f"matches no task{suggest(pattern, [t.name for t in every])}")
     types = field_types(TrainConfig)
-    for key, value in _flatten(job.train).items():
-        job_key = f"train.{key}"
-        coerce(value, _check_key(key, job_key, types), job_key)
+    job.train = _typed_overlay(job.train, types)
     train_config(base_train_dict(job), "train")
     for i, seed in enumerate(job.seeds):  # the trainer owns what a seed may be; ask it, do not restate it
         train_config({**base_train_dict(job), "seed": seed}, f"seeds[{i}]")
@@ -177,6 +175,17 @@ def _check_schedule(job: JobSpec, task: Any, method: str, types: dict[str, Any])
 
 
 # --------------------------------------------------------------------------------------- TrainConfig paths
+
+
+def _typed_overlay(block: dict, types: dict[str, Any]) -> dict:
+    """The ``train`` block as a typed overlay of TrainConfig: only the keys the file sets, nested as in the
+    file, each value coerced to its field's type (``lr: 1e-4``, a string to YAML 1.1, becomes a float), so
+    every trial config, the budgets and the parent run start from the same typed values."""
+    overlay: dict = {}
+    for key, value in _flatten(block).items():
+        where = f"train.{key}"
+        set_path(overlay, key, coerce(value, _check_key(key, where, types), where))
+    return overlay
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -51,12 +51,11 @@ class DeepSpeedSettings(DeepSpeedSpec):
     max_grad_norm: float | None = 1.0  # TrainConfig's clip, so results compare across backends
 
     @classmethod
-    def for_train(cls, cfg: Any, job_deepspeed: DeepSpeedSpec | dict | None = None) -> DeepSpeedSettings:
-        """Settings of one trial: the job's `deepspeed` block (a DeepSpeedSpec, or its dict as a trial's
-        config carries it) + the TrainConfig's batch/accum/clip."""
-        block = dataclasses.asdict(job_deepspeed) if isinstance(job_deepspeed, DeepSpeedSpec) else job_deepspeed
+    def for_train(cls, cfg: Any, job_deepspeed: DeepSpeedSpec | None = None) -> DeepSpeedSettings:
+        """Settings of one trial: the job's `deepspeed` block + the TrainConfig's batch/accum/clip."""
+        block = dataclasses.asdict(job_deepspeed) if job_deepspeed is not None else {}
         return cls(micro_batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                   max_grad_norm=cfg.max_grad_norm, **dict(block or {}))
+                   max_grad_norm=cfg.max_grad_norm, **block)
 
 
 class DeepSpeedBackend:
@@ -392,30 +391,30 @@ def _log_result(logger: _RunLogger, result: Any, written: WrittenRun) -> None:
                   "the run keeps its adapter/ artifact")
 
 
-def build_backend(cfg: Any, job_deepspeed: dict | None) -> DeepSpeedBackend | TorchBackend:
-    """The trial's backend: DeepSpeed from the job's `deepspeed` block, or with `enabled: false` the plain
+def build_backend(cfg: Any, settings: DeepSpeedSettings) -> DeepSpeedBackend | TorchBackend:
+    """The trial's backend: DeepSpeed with the trial's settings, or with `enabled: false` the plain
     single-process TorchBackend on this worker's device (job validation allows that with one worker only)."""
-    job_deepspeed = dict(job_deepspeed or {})
-    if not job_deepspeed.pop("enabled", True):
+    if not settings.enabled:
         return TorchBackend.for_config(cfg, _device())
-    return DeepSpeedBackend(DeepSpeedSettings.for_train(cfg, job_deepspeed))
+    return DeepSpeedBackend(settings)
 
 
 def train_worker_fn(config: dict) -> None:
-    """Ray Train per-worker function. config: {"train": TrainConfig dict, "deepspeed": job deepspeed
-    block, "mlflow": {"tracking_uri", "run_id"} | None, "trial": {...} (logged as params)}."""
+    """Ray Train per-worker function. config (built by orchestrator/trial.py, which resolves both objects
+    once): {"train": the trial's TrainConfig, "deepspeed": its DeepSpeedSettings, "mlflow": {"tracking_uri",
+    "run_id"} | None, "trial": {...} (logged as params)}."""
     import ray.train
 
     from lingo_core.train import TrainConfig, TrainHooks, train
     from lingo_core.train.checkpoint import checkpoint_step
 
-    cfg = TrainConfig.from_dict(config["train"])
+    cfg: TrainConfig = config["train"]
     ctx = ray.train.get_context()
     rank, local_rank = ctx.get_world_rank(), ctx.get_local_rank()
     trial = config.get("trial", {})
     if os.environ.get(FAIL_TASK_ENV) and os.environ[FAIL_TASK_ENV] == trial.get("task"):
         raise RuntimeError(f"{FAIL_TASK_ENV}={trial['task']}: injected start-up failure")
-    backend = build_backend(cfg, config.get("deepspeed"))
+    backend = build_backend(cfg, config["deepspeed"])
     ml = config.get("mlflow") or None
 
     checkpoint = ray.train.get_checkpoint()
