@@ -406,7 +406,7 @@ def train_worker_fn(config: dict) -> None:
     import ray.train
 
     from lingo_core.train import TrainConfig, TrainHooks, train
-    from lingo_core.train.checkpoint import checkpoint_step
+    from lingo_core.train.checkpoint import resume_point
 
     cfg: TrainConfig = config["train"]
     ctx = ray.train.get_context()
@@ -419,10 +419,11 @@ def train_worker_fn(config: dict) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as resume_dir:
-        # The step train() will restore: checkpoint_step picks through the same usable_checkpoint as
-        # load_checkpoint (manifest verified first, a damaged newest skipped for its intact sibling), so
-        # the journal's restart point and the logged resumed_from_step name the checkpoint really restored.
-        resumed_step = checkpoint_step(resume_dir) if resume_dir is not None else 0
+        # Picked once (manifest verified, a damaged newest skipped for its intact sibling) and handed to
+        # train() as picked: the journal's restart point and the logged resumed_from_step name the
+        # checkpoint really restored.
+        resume = resume_point(resume_dir) if resume_dir is not None else None
+        resumed_step = resume.step if resume is not None else 0
         logger = (_RunLogger(ml["tracking_uri"], ml["run_id"], Path(cfg.output_dir), resumed_step)
                   if ml and rank == 0 else None)
         hooks = RayTrainHooks(rank, local_rank, logger, cfg.adapter.method in RANK_METHODS)
@@ -430,12 +431,12 @@ def train_worker_fn(config: dict) -> None:
             logger.params({**trial, "train": cfg.to_dict(), "world_size": backend.world_size,
                            "deepspeed": {"zero_stage": backend.settings.zero_stage}
                            if isinstance(backend, DeepSpeedBackend) else {"enabled": False}})
-            if resume_dir is not None:
+            if resume is not None:
                 logger.metrics({"resumed_from_step": resumed_step}, resumed_step)
                 logger.tags({"lingo.resumed_from_step": resumed_step})
         try:
             result = train(cfg, backend, TrainHooks(on_log=hooks.on_log, on_evaluate=hooks.on_evaluate),
-                           resume_from=Path(resume_dir) if resume_dir is not None else None)
+                           resume_from=resume)
         except BaseException:
             if logger is not None:
                 logger.tags({"lingo.error_rank0": "train() raised; see the Ray trial log"})
