@@ -21,7 +21,8 @@ from typing import Any, Union
 
 import yaml
 
-__all__ = ["FieldError", "build", "coerce", "describe", "field_types", "load_yaml", "parse_value", "suggest"]
+__all__ = ["FieldError", "build", "coerce", "describe", "dotted", "field_types", "load_yaml", "nest", "parse_value",
+           "set_path", "suggest"]
 
 
 class FieldError(ValueError):
@@ -111,6 +112,38 @@ def field_types(cls: type, prefix: str = "") -> dict[str, Any]:
             out.update(field_types(hints[f.name], f"{prefix}{f.name}."))
         else:
             out[f"{prefix}{f.name}"] = hints[f.name]
+    return out
+
+
+def dotted(raw: dict, cls: type, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping for dataclass ``cls`` -> {dotted path: value} ({"adapter": {"lora_r": 8}} ->
+    {"adapter.lora_r": 8}), the paths of ``field_types``. Only fields that are nested dataclasses are
+    descended into; any other key, known or not, stays whole for the caller to check."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        hint = hints[key] if key in names else None
+        if isinstance(value, dict) and dataclasses.is_dataclass(hint):
+            out.update(dotted(value, hint, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def set_path(d: dict, path: str, value: Any) -> None:
+    """``d["adapter"]["exploration"] = value`` for ``"adapter.exploration"`` (missing parents created)."""
+    *parents, leaf = path.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[leaf] = value
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{dotted path: value} -> the nested mapping ``build`` takes: the inverse of ``dotted``."""
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        set_path(out, path, value)
     return out
 
 

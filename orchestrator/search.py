@@ -31,18 +31,10 @@ from lingo_core.data.task import task_matches
 from lingo_core.method_names import RANK_METHODS
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners.budget import rank_budget
-from lingo_core.typed import FieldError
+from lingo_core.typed import FieldError, set_path
 from orchestrator.jobspec import BUDGET_DEFAULT, BudgetSpec, Dist, JobSpec
 
 # --------------------------------------------------------------------------------------- TrainConfig paths
-
-
-def set_path(d: dict, dotted: str, value: Any) -> None:
-    """``d["adapter"]["exploration"] = value`` for ``"adapter.exploration"`` (missing parents created)."""
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        d = d.setdefault(p, {})
-    d[leaf] = value
 
 
 def _python(value: Any) -> Any:

@@ -20,7 +20,7 @@ from lingo_core.method_names import METHODS, RANK_METHODS
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners.budget import train_rows
 from lingo_core.tuners.config import RENAMED_KEYS
-from lingo_core.typed import coerce, describe, field_types, suggest
+from lingo_core.typed import coerce, describe, dotted, field_types, set_path, suggest
 from orchestrator.jobspec import (
     BUDGET_DEFAULT,
     DIST_KINDS,
@@ -41,7 +41,6 @@ from orchestrator.search import (
     budget_entry,
     budget_for,
     materialize_trial,
-    set_path,
     train_config,
 )
 
@@ -182,21 +181,10 @@ def _typed_overlay(block: dict, types: dict[str, Any]) -> dict:
     file, each value coerced to its field's type (``lr: 1e-4``, a string to YAML 1.1, becomes a float), so
     every trial config, the budgets and the parent run start from the same typed values."""
     overlay: dict = {}
-    for key, value in _flatten(block).items():
+    for key, value in dotted(block, TrainConfig).items():
         where = f"train.{key}"
         set_path(overlay, key, coerce(value, _check_key(key, where, types), where))
     return overlay
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """The ``train`` block -> dotted TrainConfig paths ({"adapter": {"lora_r": 8}} -> adapter.lora_r)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and f"{prefix}{k}" == "adapter":  # the one nested dataclass of TrainConfig
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _check_key(key: str, where: str, types: dict[str, Any]) -> Any:
