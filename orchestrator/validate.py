@@ -122,15 +122,12 @@ def validate_job(job: JobSpec) -> None:
                                      f"({', '.join(DIST_KINDS)}), got {v!r}") from None
     for method in job.methods:
         space = job.method_space(method)
-        for key, value in space.items():  # every corner of the space must build a TrainConfig
+        fixed = {k: v for k, v in space.items() if not isinstance(v, Dist)}
+        for key, value in space.items():  # every corner of the space must build a TrainConfig, as a trial does
+            where = f"search.{method if key in job.search.get(method, {}) else SEARCH_ALL}.{key}"
             for v in value.candidates() if isinstance(value, Dist) else [value]:
-                d = base_train_dict(job)
-                d.setdefault("adapter", {})["method"] = method
-                for k, fixed in space.items():
-                    if not isinstance(fixed, Dist):
-                        set_path(d, k, fixed)
-                set_path(d, key, coerce(v, types[key], key))
-                train_config(d, f"search.{SEARCH_ALL if key not in job.search.get(method, {}) else method}.{key}")
+                cell = {"task": tasks[0].name, "method": method, "seed": job.seeds[0]}
+                materialize_trial(job, {"cell": cell, "params": {**fixed, key: coerce(v, types[key], key)}}, where)
     for task in tasks:
         for method in (m for m in job.methods if m in RANK_METHODS):
             _check_schedule(job, task, method, types)
