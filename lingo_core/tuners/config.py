@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from lingo_core.method_names import METHODS
-
-if TYPE_CHECKING:  # typing only: keeps `import lingo_core.tuners` free of the data stack
-    from lingo_core.data.task import TaskSpec
 
 SAMPLING_MODES = ("uniform", "importance")
 """How ARS picks triplets to reintroduce / drop: fixed probabilities, or scaled by importance."""
@@ -186,29 +183,23 @@ class AdapterSettings:
         return tinit, tfinal
 
 
-def default_rank_budget(task: TaskSpec | None, n_train: int | None) -> tuple[int, int]:
-    """(init_r, target_r) for a task with `n_train` training sequences.
+def default_rank_budget(n_train: int) -> tuple[int, int]:
+    """(init_r, target_r) for a run on `n_train` training sequences (counted by lingo_core.tuners.budget,
+    the one count of a run's rows).
 
     Rule: init_r = DEFAULT_INIT_R (8); target_r = 2 below 5k sequences, 4 below 30k, 6 otherwise.
-    Larger tasks can afford (and need) more rank; tiny ones over-fit with it. When n_train is None the
-    task's known train size (`task.sizes["train"]`) is used. For a run, ask lingo_core.tuners.budget,
-    which counts the rows the run trains on (after max_train_samples) the one way.
+    Larger tasks can afford (and need) more rank; tiny ones over-fit with it.
     """
-    if n_train is None and task is not None and task.sizes:
-        n_train = task.sizes.get("train")
-    if n_train is None or not _is_int(n_train) or n_train < 0:
-        name = getattr(task, "name", None)
-        raise ValueError(
-            f"default_rank_budget: n_train is {n_train!r} (task {name!r}); expected the number of training "
-            "sequences (>= 0), or a task whose sizes include 'train'"
-        )
+    if not _is_int(n_train) or n_train < 0:
+        raise ValueError(f"default_rank_budget: n_train is {n_train!r}; expected the number of training "
+                         "sequences (>= 0)")
     for bound, target in RANK_TIERS:
         if n_train < bound:
             return DEFAULT_INIT_R, target
     return DEFAULT_INIT_R, DEFAULT_LARGE_TARGET_R
 
 
-def resolve_ranks(settings: AdapterSettings, task: TaskSpec | None, n_train: int | None) -> AdapterSettings:
+def resolve_ranks(settings: AdapterSettings, n_train: int) -> AdapterSettings:
     """A copy of `settings` with init_r / target_r filled from default_rank_budget where they are None.
 
     A user-set init_r below the default target caps the target, and a user-set target_r above the
@@ -216,7 +207,7 @@ def resolve_ranks(settings: AdapterSettings, task: TaskSpec | None, n_train: int
     """
     if settings.init_r is not None and settings.target_r is not None:
         return dataclasses.replace(settings)
-    init_r, target_r = default_rank_budget(task, n_train)
+    init_r, target_r = default_rank_budget(n_train)
     init_r = settings.init_r if settings.init_r is not None else max(init_r, settings.target_r or 0)
     target_r = settings.target_r if settings.target_r is not None else min(target_r, init_r)
     return dataclasses.replace(settings, init_r=init_r, target_r=target_r)
