@@ -322,9 +322,7 @@ def _split_override_path(key: str) -> list[str]:
     """Dotted path -> raw-dict keys. Search spaces are keyed by dotted TrainConfig paths themselves
     (``search.ars.adapter.exploration``) and budgets by task names, so those keep their tail in one key."""
     parts = key.split(".")
-    if parts[0] == "search" and len(parts) > 2:
-        return parts[:2] + [".".join(parts[2:])]
-    if parts[0] == "budgets" and len(parts) > 2:
+    if parts[0] in ("search", "budgets") and len(parts) > 2:
         # task names contain no dots: "budgets.EMP/H3.init_r" -> ["budgets", "EMP/H3", "init_r"]
         return parts[:2] + [".".join(parts[2:])]
     return parts
