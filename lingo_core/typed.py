@@ -21,8 +21,8 @@ from typing import Any, Union
 
 import yaml
 
-__all__ = ["FieldError", "build", "coerce", "describe", "dotted", "field_types", "load_yaml", "nest", "parse_value",
-           "set_path", "suggest"]
+__all__ = ["FieldError", "build", "coerce", "describe", "dotted", "field_types", "is_int", "load_yaml", "nest",
+           "parse_value", "set_path", "suggest"]
 
 
 class FieldError(ValueError):
@@ -48,6 +48,11 @@ def describe(hint: Any) -> str:
         return f"a list of {describe(args[0]).split(' ', 1)[-1]}s" if args else "a list"  # "a list of floats"
     return {int: "an integer", float: "a float", bool: "a boolean", str: "a string", dict: "a mapping"}.get(
         hint, getattr(hint, "__name__", str(hint)))
+
+
+def is_int(value: Any) -> bool:
+    """An int that is no bool: JSON's and YAML's `true` is no count (Python counts it as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 _FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -85,7 +90,7 @@ def coerce(value: Any, hint: Any, path: str) -> Any:
         if isinstance(value, bool):
             return value
     elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if is_int(value):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from lingo_core.method_names import METHODS
+from lingo_core.typed import is_int
 
 SAMPLING_MODES = ("uniform", "importance")
 """How ARS picks triplets to reintroduce / drop: fixed probabilities, or scaled by importance."""
@@ -59,10 +60,6 @@ RESAMPLES_PER_DECAY = 8
 """Default number of ARS resample periods over the pruning phase: a period of 1/8 of it (about 50 steps
 in a 600-step run) lets a reintroduced triplet train and its importance EMA (time constant
 1 / (1 - beta1) ~ 7 steps) reflect its own gradients before it competes for the budget again."""
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -117,7 +114,7 @@ class AdapterSettings:
             )
         for name in ("init_r", "target_r"):
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
+            if value is not None and (not is_int(value) or value < 1):
                 raise ValueError(f"AdapterSettings.{name}: got {value!r}; expected a positive integer (>= 1) or None")
         if self.init_r is not None and self.target_r is not None and self.target_r > self.init_r:
             raise ValueError(
@@ -126,9 +123,9 @@ class AdapterSettings:
             )
         for name in ("tinit", "tfinal"):
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 0):
+            if value is not None and (not is_int(value) or value < 0):
                 raise ValueError(f"AdapterSettings.{name}: got {value!r}; expected a number of steps >= 0 or None")
-        if self.resample_every is not None and (not _is_int(self.resample_every) or self.resample_every < 1):
+        if self.resample_every is not None and (not is_int(self.resample_every) or self.resample_every < 1):
             raise ValueError(
                 f"AdapterSettings.resample_every: got {self.resample_every!r}; expected steps >= 1 or None"
             )
@@ -136,7 +133,7 @@ class AdapterSettings:
             raise ValueError(f"AdapterSettings.svd_init: got {self.svd_init!r}; expected one of {', '.join(SVD_INITS)}")
         for name in ("deltaT", "lora_r", "num_virtual_tokens"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"AdapterSettings.{name}: got {value!r}; expected an integer >= 1")
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
@@ -170,7 +167,7 @@ class AdapterSettings:
 
         None values become TINIT_FRACTION / TFINAL_FRACTION of total_steps.
         """
-        if not _is_int(total_steps) or total_steps < 1:
+        if not is_int(total_steps) or total_steps < 1:
             raise ValueError(f"total_steps: got {total_steps!r}; expected a positive number of optimizer steps")
         tinit = self.tinit if self.tinit is not None else int(TINIT_FRACTION * total_steps)
         tfinal = self.tfinal if self.tfinal is not None else int(TFINAL_FRACTION * total_steps)
@@ -190,7 +187,7 @@ def default_rank_budget(n_train: int) -> tuple[int, int]:
     Rule: init_r = DEFAULT_INIT_R (8); target_r = 2 below 5k sequences, 4 below 30k, 6 otherwise.
     Larger tasks can afford (and need) more rank; tiny ones over-fit with it.
     """
-    if not _is_int(n_train) or n_train < 0:
+    if not is_int(n_train) or n_train < 0:
         raise ValueError(f"default_rank_budget: n_train is {n_train!r}; expected the number of training "
                          "sequences (>= 0)")
     for bound, target in RANK_TIERS:
