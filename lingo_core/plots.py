@@ -12,6 +12,8 @@ matplotlib.use("Agg")  # headless: workers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from lingo_core.storage import atomic_file  # noqa: E402
+
 _LAYER = re.compile(r"\.(?:layers|h|layer|blocks)\.(\d+)\.")
 _SKIP = {"lora_E", "lora_A", "lora_B", "default", "weight", "base_layer"}
 
@@ -79,15 +81,12 @@ def confusion_matrix_png(cm: Sequence[Sequence[int]], labels: Sequence[str], pat
 
 
 def _save(fig, path: str | Path) -> Path:
-    """PNG to a temp name, then rename: a crash never leaves a half-written plot under the real name."""
+    """The PNG through atomic_file: a crash never leaves a half-written plot under the real name."""
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return atomic_file(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
 
 
 # ------------------------------------------------------------------------------- sweep report plots

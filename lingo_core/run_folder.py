@@ -16,10 +16,11 @@ it; the worker then uploads exactly what it reports, so a trial's MLflow artifac
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from lingo_core.storage import atomic_file
 
 if TYPE_CHECKING:
     from lingo_core.train.trainer import TrainResult
@@ -129,7 +130,5 @@ def write_result(result: TrainResult, root: str | Path) -> WrittenRun:
 
 
 def _write_json(path: Path, data: Any, indent: int | None = None) -> None:
-    """Temp file, then rename: a reader (lingo report, a copy to MLflow) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=indent, default=str))
-    os.replace(tmp, path)
+    """Through atomic_file: a reader (lingo report, a copy to MLflow) never sees half a file."""
+    atomic_file(path, lambda tmp: tmp.write_text(json.dumps(data, indent=indent, default=str)))

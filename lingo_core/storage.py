@@ -2,8 +2,8 @@
 
 Two promises (docs/reliability.md, "Storage"):
 
-* A folder is assembled under a hidden temporary name beside its final name and renamed into place
-  (`atomic_dir`), so a crash, a full disk or a file-size limit never leaves a half-written folder under
+* A folder (`atomic_dir`) or a file (`atomic_file`) is assembled under a hidden temporary name beside its
+  final name and renamed into place, so a crash, a full disk or a file-size limit never leaves a half-written folder under
   the final name. A failed write is one `StorageError` naming what could not be written and why.
 * `write_manifest` records the sha256 and size of every file, and is written last; `verify_manifest`
   recomputes them, so a truncated, changed or missing file is found before anything is loaded from it.
@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 MANIFEST = "MANIFEST.sha256.json"
@@ -120,6 +122,22 @@ def replace_dir(tmp: Path, final: Path) -> None:
     tmp.rename(final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_file(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """`write(tmp)` to a temporary file beside `path`, then rename it to `path`: readers see the old file
+    or the new one, never half of one; on any error the temporary file is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)  # atomic on one filesystem
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 @contextlib.contextmanager

@@ -21,7 +21,8 @@ from typing import Any, Union
 
 import yaml
 
-__all__ = ["FieldError", "build", "coerce", "describe", "field_types", "load_yaml", "parse_value", "suggest"]
+__all__ = ["FieldError", "build", "coerce", "describe", "dotted", "field_types", "is_int", "load_yaml", "nest",
+           "parse_value", "set_path", "suggest"]
 
 
 class FieldError(ValueError):
@@ -47,6 +48,11 @@ def describe(hint: Any) -> str:
         return f"a list of {describe(args[0]).split(' ', 1)[-1]}s" if args else "a list"  # "a list of floats"
     return {int: "an integer", float: "a float", bool: "a boolean", str: "a string", dict: "a mapping"}.get(
         hint, getattr(hint, "__name__", str(hint)))
+
+
+def is_int(value: Any) -> bool:
+    """An int that is no bool: JSON's and YAML's `true` is no count (Python counts it as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 _FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -84,7 +90,7 @@ def coerce(value: Any, hint: Any, path: str) -> Any:
         if isinstance(value, bool):
             return value
     elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if is_int(value):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
@@ -111,6 +117,38 @@ def field_types(cls: type, prefix: str = "") -> dict[str, Any]:
             out.update(field_types(hints[f.name], f"{prefix}{f.name}."))
         else:
             out[f"{prefix}{f.name}"] = hints[f.name]
+    return out
+
+
+def dotted(raw: dict, cls: type, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping for dataclass ``cls`` -> {dotted path: value} ({"adapter": {"lora_r": 8}} ->
+    {"adapter.lora_r": 8}), the paths of ``field_types``. Only fields that are nested dataclasses are
+    descended into; any other key, known or not, stays whole for the caller to check."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        hint = hints[key] if key in names else None
+        if isinstance(value, dict) and dataclasses.is_dataclass(hint):
+            out.update(dotted(value, hint, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def set_path(d: dict, path: str, value: Any) -> None:
+    """``d["adapter"]["exploration"] = value`` for ``"adapter.exploration"`` (missing parents created)."""
+    *parents, leaf = path.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[leaf] = value
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{dotted path: value} -> the nested mapping ``build`` takes: the inverse of ``dotted``."""
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        set_path(out, path, value)
     return out
 
 

@@ -241,6 +241,8 @@ class JobSpec:
     checkpoint; then the trial fails (FAILED in MLflow and the summary) and the sweep goes on. Two
     covers a transient fault without looping on a deterministic bug; -1 retries forever."""
     train: dict = field(default_factory=dict)  # TrainConfig defaults of every trial (nested like TrainConfig)
+    """A typed overlay of TrainConfig: the keys the file sets, each value of its field's type once
+    load_job has validated it (orchestrator.validate); search.materialize_trial lays it under a trial's."""
     search: dict = field(default_factory=dict)  # method | "all" -> {TrainConfig dotted path: value | Dist}
     budgets: dict = field(default_factory=dict)  # "default" | task name/glob -> BudgetSpec | "derived"
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)  # ASHA on dev MCC
@@ -320,9 +322,7 @@ def _split_override_path(key: str) -> list[str]:
     """Dotted path -> raw-dict keys. Search spaces are keyed by dotted TrainConfig paths themselves
     (``search.ars.adapter.exploration``) and budgets by task names, so those keep their tail in one key."""
     parts = key.split(".")
-    if parts[0] == "search" and len(parts) > 2:
-        return parts[:2] + [".".join(parts[2:])]
-    if parts[0] == "budgets" and len(parts) > 2:
+    if parts[0] in ("search", "budgets") and len(parts) > 2:
         # task names contain no dots: "budgets.EMP/H3.init_r" -> ["budgets", "EMP/H3", "init_r"]
         return parts[:2] + [".".join(parts[2:])]
     return parts

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from lingo_core.storage import atomic_file
+
 # MLflow (orchestrator.tracking), torch (lingo_core.predict, lingo_core.artifacts), pyarrow and tqdm are
 # imported inside the functions that use them: `lingo predict --help` and argument errors answer without them.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -171,13 +173,7 @@ def run(args: argparse.Namespace) -> Path:
         with tqdm(total=table.num_rows, desc="predict", unit="seq", disable=args.no_progress, file=sys.stderr) as bar:
             probs = predictor.predict(table.column("sequence").to_pylist(), progress=bar.update)
     result = pa.table(_columns(sources, predictor, table, probs))
-    partial = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        pq.write_table(result, partial)
-        os.replace(partial, out)  # atomic: readers see the old file or the complete new one
-    finally:
-        partial.unlink(missing_ok=True)
-    return out
+    return atomic_file(out, lambda tmp: pq.write_table(result, tmp))  # readers see the old or the whole new file
 
 
 def main(argv: list[str] | None = None) -> int:

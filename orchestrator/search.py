@@ -31,18 +31,10 @@ from lingo_core.data.task import task_matches
 from lingo_core.method_names import RANK_METHODS
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners.budget import rank_budget
-from lingo_core.typed import FieldError
+from lingo_core.typed import FieldError, set_path
 from orchestrator.jobspec import BUDGET_DEFAULT, BudgetSpec, Dist, JobSpec
 
 # --------------------------------------------------------------------------------------- TrainConfig paths
-
-
-def set_path(d: dict, dotted: str, value: Any) -> None:
-    """``d["adapter"]["exploration"] = value`` for ``"adapter.exploration"`` (missing parents created)."""
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        d = d.setdefault(p, {})
-    d[leaf] = value
 
 
 def _python(value: Any) -> Any:
@@ -75,9 +67,10 @@ def trial_output_dir(job: JobSpec, cell: dict) -> str:
     return str(Path(job.output_dir) / "trials" / cell["task"].replace("/", "_") / cell["method"] / leaf)
 
 
-def materialize_trial(job: JobSpec, trial_config: dict) -> TrainConfig:
-    """A resolved Tune config -> full TrainConfig. Precedence: job ``train`` < the method's search values
-    (fixed, grid and sampled, all in ``params``) < the per-task rank budget carried by the cell."""
+def materialize_trial(job: JobSpec, trial_config: dict, where: str | None = None) -> TrainConfig:
+    """A resolved Tune config -> full TrainConfig (validate_job builds its search corners the same way).
+    Precedence: job ``train`` < the method's search values (fixed, grid and sampled, all in ``params``) <
+    the per-task rank budget carried by the cell. A bad value is a FieldError at ``where``."""
     cell, params = trial_config["cell"], trial_config.get("params") or {}
     d = base_train_dict(job)
     d.update(task=cell["task"], seed=int(cell["seed"]), output_dir=trial_output_dir(job, cell))
@@ -87,7 +80,7 @@ def materialize_trial(job: JobSpec, trial_config: dict) -> TrainConfig:
     if cell.get("budget"):
         d["adapter"]["init_r"] = int(cell["budget"]["init_r"])
         d["adapter"]["target_r"] = int(cell["budget"]["target_r"])
-    return train_config(d, f"trial {cell['task']}/{cell['method']}")
+    return train_config(d, where or f"trial {cell['task']}/{cell['method']}")
 
 
 # --------------------------------------------------------------------------------------- budgets

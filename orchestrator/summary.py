@@ -10,9 +10,7 @@ so a crash never leaves a half-written summary.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +18,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lingo_core.selection import SELECTION
+from lingo_core.storage import atomic_file
 
 REQUIRED = ("task", "method", "seed")
 COLUMNS = ("task", "method", "n_seeds", "test_mcc_mean", "test_mcc_std", "dev_mcc_mean")
 
 
-def _finite(value: Any) -> bool:
+def finite(value: Any) -> bool:
+    """A real, finite number (MLflow metrics may be missing, NaN or inf)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -38,7 +38,7 @@ def best_per_seed(results: Sequence[dict]) -> list[dict]:
         missing = [k for k in REQUIRED if k not in r]
         if missing:
             raise ValueError(f"result {i} lacks {', '.join(missing)}: {sorted(r)}")
-        if not _finite(r.get("test_mcc")) or not _finite(r.get(dev_key)):
+        if not finite(r.get("test_mcc")) or not finite(r.get(dev_key)):
             continue
         key = (r["task"], r["method"], r["seed"])
         cur = best.get(key)
@@ -108,19 +108,6 @@ def render_markdown(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)  # atomic on one filesystem: readers see the old file or the new one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def plot_summary(rows: Sequence[dict], path: Path) -> None:
     """Grouped bars: tasks on x, one bar per method, error bars = std over seeds."""
     # matplotlib is heavy: imported only when the PNG is drawn (the table and Parquet need none of it)
@@ -176,9 +163,9 @@ def write_summary(results: Sequence[dict], out_dir: str | Path, echo: bool = Tru
                         ("dev_mcc_mean", pa.float64())])
     table = pa.Table.from_pylist(rows, schema=schema)
     paths = {
-        "md": _atomic(out / "summary.md", lambda p: p.write_text(text)),
-        "parquet": _atomic(out / "summary.parquet", lambda p: pq.write_table(table, p)),
-        "png": _atomic(out / "summary.png", lambda p: plot_summary(rows, p)),
+        "md": atomic_file(out / "summary.md", lambda p: p.write_text(text)),
+        "parquet": atomic_file(out / "summary.parquet", lambda p: pq.write_table(table, p)),
+        "png": atomic_file(out / "summary.png", lambda p: plot_summary(rows, p)),
     }
     if echo:
         print(text, end="")

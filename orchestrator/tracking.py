@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here; never phone home
 
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
@@ -150,10 +150,6 @@ def log_metrics(c: MlflowClient, run_id: str, metrics: Mapping[str, Any], step: 
     items = [Metric(k, v, now, int(step)) for k, v in scalar_metrics(metrics).items()]
     for i in range(0, len(items), _MAX_BATCH):
         retry(lambda chunk=items[i:i + _MAX_BATCH]: c.log_batch(run_id, metrics=chunk))
-
-
-def set_tags(c: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
-    retry(lambda: c.log_batch(run_id, tags=[RunTag(k, str(v)[:PARAM_MAX]) for k, v in tags.items()]))
 
 
 def log_artifacts(c: MlflowClient, run_id: str, paths: Iterable[tuple[str | Path, str | None]]) -> None:

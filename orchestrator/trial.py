@@ -4,7 +4,6 @@ Tune through `TuneReportCallback`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,19 @@ def trial_config(job: Any, config: dict, trial_id: str) -> Any:
     return cfg
 
 
+def worker_config(job: Any, config: dict, cfg: Any, trial_id: str, tracking_uri: str, run_id: str) -> dict:
+    """What every Train worker of the trial gets (train_worker_fn's config): the resolved TrainConfig and
+    DeepSpeedSettings themselves, which Ray pickles and each worker uses as they are (never rebuilt)."""
+    from orchestrator.worker import DeepSpeedSettings  # torch, for the reason in trial_config
+
+    cell = config["cell"]
+    return {"train": cfg, "deepspeed": DeepSpeedSettings.for_train(cfg, job.deepspeed),
+            "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id},
+            "trial": {"trial_id": trial_id, "task": cell["task"], "method": cell["method"], "seed": cell["seed"],
+                      "budget": cell.get("budget") or {}, "grid": cell.get("grid") or {},
+                      "search": config.get("params") or {}}}
+
+
 def run_trial(config: dict, ctx: SweepContext) -> None:
     # Ray and torch (through worker) only in a trial process, for the reason in trial_config
     import ray.tune
@@ -68,14 +80,7 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
         per_worker["GPU"] = res.gpus_per_worker
     trainer = TorchTrainer(
         train_worker_fn,
-        train_loop_config={
-            "train": cfg.to_dict(),
-            "deepspeed": dataclasses.asdict(job.deepspeed),
-            "mlflow": {"tracking_uri": ctx.tracking_uri, "run_id": run_id},
-            "trial": {"trial_id": trial_id, "task": cell["task"], "method": cell["method"], "seed": cell["seed"],
-                      "budget": cell.get("budget") or {}, "grid": cell.get("grid") or {},
-                      "search": config.get("params") or {}},
-        },
+        train_loop_config=worker_config(job, config, cfg, trial_id, ctx.tracking_uri, run_id),
         scaling_config=ScalingConfig(num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(

@@ -20,7 +20,7 @@ from lingo_core.method_names import METHODS, RANK_METHODS
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners.budget import train_rows
 from lingo_core.tuners.config import RENAMED_KEYS
-from lingo_core.typed import coerce, describe, field_types, suggest
+from lingo_core.typed import coerce, describe, dotted, field_types, set_path, suggest
 from orchestrator.jobspec import (
     BUDGET_DEFAULT,
     DIST_KINDS,
@@ -41,7 +41,6 @@ from orchestrator.search import (
     budget_entry,
     budget_for,
     materialize_trial,
-    set_path,
     train_config,
 )
 
@@ -105,9 +104,7 @@ def validate_job(job: JobSpec) -> None:
         if pattern != BUDGET_DEFAULT and not any(task_matches(t, pattern) for t in every):
             raise FieldError(f"budgets.{pattern}", f"matches no task{suggest(pattern, [t.name for t in every])}")
     types = field_types(TrainConfig)
-    for key, value in _flatten(job.train).items():
-        job_key = f"train.{key}"
-        coerce(value, _check_key(key, job_key, types), job_key)
+    job.train = _typed_overlay(job.train, types)
     train_config(base_train_dict(job), "train")
     for i, seed in enumerate(job.seeds):  # the trainer owns what a seed may be; ask it, do not restate it
         train_config({**base_train_dict(job), "seed": seed}, f"seeds[{i}]")
@@ -125,15 +122,12 @@ def validate_job(job: JobSpec) -> None:
                                      f"({', '.join(DIST_KINDS)}), got {v!r}") from None
     for method in job.methods:
         space = job.method_space(method)
-        for key, value in space.items():  # every corner of the space must build a TrainConfig
+        fixed = {k: v for k, v in space.items() if not isinstance(v, Dist)}
+        for key, value in space.items():  # every corner of the space must build a TrainConfig, as a trial does
+            where = f"search.{method if key in job.search.get(method, {}) else SEARCH_ALL}.{key}"
             for v in value.candidates() if isinstance(value, Dist) else [value]:
-                d = base_train_dict(job)
-                d.setdefault("adapter", {})["method"] = method
-                for k, fixed in space.items():
-                    if not isinstance(fixed, Dist):
-                        set_path(d, k, fixed)
-                set_path(d, key, coerce(v, types[key], key))
-                train_config(d, f"search.{SEARCH_ALL if key not in job.search.get(method, {}) else method}.{key}")
+                cell = {"task": tasks[0].name, "method": method, "seed": job.seeds[0]}
+                materialize_trial(job, {"cell": cell, "params": {**fixed, key: coerce(v, types[key], key)}}, where)
     for task in tasks:
         for method in (m for m in job.methods if m in RANK_METHODS):
             _check_schedule(job, task, method, types)
@@ -179,15 +173,15 @@ def _check_schedule(job: JobSpec, task: Any, method: str, types: dict[str, Any])
 # --------------------------------------------------------------------------------------- TrainConfig paths
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """The ``train`` block -> dotted TrainConfig paths ({"adapter": {"lora_r": 8}} -> adapter.lora_r)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and f"{prefix}{k}" == "adapter":  # the one nested dataclass of TrainConfig
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def _typed_overlay(block: dict, types: dict[str, Any]) -> dict:
+    """The ``train`` block as a typed overlay of TrainConfig: only the keys the file sets, nested as in the
+    file, each value coerced to its field's type (``lr: 1e-4``, a string to YAML 1.1, becomes a float), so
+    every trial config, the budgets and the parent run start from the same typed values."""
+    overlay: dict = {}
+    for key, value in dotted(block, TrainConfig).items():
+        where = f"train.{key}"
+        set_path(overlay, key, coerce(value, _check_key(key, where, types), where))
+    return overlay
 
 
 def _check_key(key: str, where: str, types: dict[str, Any]) -> Any:

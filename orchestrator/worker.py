@@ -51,12 +51,11 @@ class DeepSpeedSettings(DeepSpeedSpec):
     max_grad_norm: float | None = 1.0  # TrainConfig's clip, so results compare across backends
 
     @classmethod
-    def for_train(cls, cfg: Any, job_deepspeed: DeepSpeedSpec | dict | None = None) -> DeepSpeedSettings:
-        """Settings of one trial: the job's `deepspeed` block (a DeepSpeedSpec, or its dict as a trial's
-        config carries it) + the TrainConfig's batch/accum/clip."""
-        block = dataclasses.asdict(job_deepspeed) if isinstance(job_deepspeed, DeepSpeedSpec) else job_deepspeed
+    def for_train(cls, cfg: Any, job_deepspeed: DeepSpeedSpec | None = None) -> DeepSpeedSettings:
+        """Settings of one trial: the job's `deepspeed` block + the TrainConfig's batch/accum/clip."""
+        block = dataclasses.asdict(job_deepspeed) if job_deepspeed is not None else {}
         return cls(micro_batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                   max_grad_norm=cfg.max_grad_norm, **dict(block or {}))
+                   max_grad_norm=cfg.max_grad_norm, **block)
 
 
 class DeepSpeedBackend:
@@ -395,38 +394,39 @@ def _log_result(logger: _RunLogger, result: Any, written: WrittenRun) -> None:
                   "the run keeps its adapter/ artifact")
 
 
-def build_backend(cfg: Any, job_deepspeed: dict | None) -> DeepSpeedBackend | TorchBackend:
-    """The trial's backend: DeepSpeed from the job's `deepspeed` block, or with `enabled: false` the plain
+def build_backend(cfg: Any, settings: DeepSpeedSettings) -> DeepSpeedBackend | TorchBackend:
+    """The trial's backend: DeepSpeed with the trial's settings, or with `enabled: false` the plain
     single-process TorchBackend on this worker's device (job validation allows that with one worker only)."""
-    job_deepspeed = dict(job_deepspeed or {})
-    if not job_deepspeed.pop("enabled", True):
+    if not settings.enabled:
         return TorchBackend.for_config(cfg, _device())
-    return DeepSpeedBackend(DeepSpeedSettings.for_train(cfg, job_deepspeed))
+    return DeepSpeedBackend(settings)
 
 
 def train_worker_fn(config: dict) -> None:
-    """Ray Train per-worker function. config: {"train": TrainConfig dict, "deepspeed": job deepspeed
-    block, "mlflow": {"tracking_uri", "run_id"} | None, "trial": {...} (logged as params)}."""
+    """Ray Train per-worker function. config (built by orchestrator/trial.py, which resolves both objects
+    once): {"train": the trial's TrainConfig, "deepspeed": its DeepSpeedSettings, "mlflow": {"tracking_uri",
+    "run_id"} | None, "trial": {...} (logged as params)}."""
     import ray.train
 
     from lingo_core.train import TrainConfig, TrainHooks, train
-    from lingo_core.train.checkpoint import checkpoint_step
+    from lingo_core.train.checkpoint import resume_point
 
-    cfg = TrainConfig.from_dict(config["train"])
+    cfg: TrainConfig = config["train"]
     ctx = ray.train.get_context()
     rank, local_rank = ctx.get_world_rank(), ctx.get_local_rank()
     trial = config.get("trial", {})
     if os.environ.get(FAIL_TASK_ENV) and os.environ[FAIL_TASK_ENV] == trial.get("task"):
         raise RuntimeError(f"{FAIL_TASK_ENV}={trial['task']}: injected start-up failure")
-    backend = build_backend(cfg, config.get("deepspeed"))
+    backend = build_backend(cfg, config["deepspeed"])
     ml = config.get("mlflow") or None
 
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as resume_dir:
-        # The step train() will restore: checkpoint_step picks through the same usable_checkpoint as
-        # load_checkpoint (manifest verified first, a damaged newest skipped for its intact sibling), so
-        # the journal's restart point and the logged resumed_from_step name the checkpoint really restored.
-        resumed_step = checkpoint_step(resume_dir) if resume_dir is not None else 0
+        # Picked once (manifest verified, a damaged newest skipped for its intact sibling) and handed to
+        # train() as picked: the journal's restart point and the logged resumed_from_step name the
+        # checkpoint really restored.
+        resume = resume_point(resume_dir) if resume_dir is not None else None
+        resumed_step = resume.step if resume is not None else 0
         logger = (_RunLogger(ml["tracking_uri"], ml["run_id"], Path(cfg.output_dir), resumed_step)
                   if ml and rank == 0 else None)
         hooks = RayTrainHooks(rank, local_rank, logger, cfg.adapter.method in RANK_METHODS)
@@ -434,12 +434,12 @@ def train_worker_fn(config: dict) -> None:
             logger.params({**trial, "train": cfg.to_dict(), "world_size": backend.world_size,
                            "deepspeed": {"zero_stage": backend.settings.zero_stage}
                            if isinstance(backend, DeepSpeedBackend) else {"enabled": False}})
-            if resume_dir is not None:
+            if resume is not None:
                 logger.metrics({"resumed_from_step": resumed_step}, resumed_step)
                 logger.tags({"lingo.resumed_from_step": resumed_step})
         try:
             result = train(cfg, backend, TrainHooks(on_log=hooks.on_log, on_evaluate=hooks.on_evaluate),
-                           resume_from=Path(resume_dir) if resume_dir is not None else None)
+                           resume_from=resume)
         except BaseException:
             if logger is not None:
                 logger.tags({"lingo.error_rank0": "train() raised; see the Ray trial log"})

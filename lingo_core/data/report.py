@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from lingo_core.cliparse import ArgumentParser
 from lingo_core.data.errors import DataError
 from lingo_core.data.loading import load_split
 from lingo_core.data.task import SPLITS, TaskRegistry, TaskSpec, UnknownTaskError
+from lingo_core.storage import atomic_file
 
 DEFAULT_OUT = Path("runs/data-report")  # beside other run outputs, ignored by git
 DEFAULT_SAMPLE = 2000  # enough for a stable p95, small enough to tokenize 22 tasks in seconds
@@ -227,18 +227,6 @@ def format_markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def plot_histograms(report: Report, path: Path) -> None:
     # matplotlib is heavy: imported only when the histogram PNG is written, not for the table or --help
     import matplotlib
@@ -265,7 +253,7 @@ def plot_histograms(report: Report, path: Path) -> None:
     axes.flat[0].legend(fontsize=6)
     fig.supxlabel("prompt tokens", fontsize=8)
     fig.tight_layout()
-    _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    atomic_file(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -274,8 +262,8 @@ def write_report(report: Report, out: str | Path = DEFAULT_OUT) -> dict[str, Pat
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "report.md", "json": out / "report.json", "png": out / "token_lengths.png"}
-    _atomic_write(paths["md"], lambda p: p.write_text(format_markdown(report)))
-    _atomic_write(paths["json"], lambda p: p.write_text(json.dumps(report.to_json(), indent=1)))
+    atomic_file(paths["md"], lambda p: p.write_text(format_markdown(report)))
+    atomic_file(paths["json"], lambda p: p.write_text(json.dumps(report.to_json(), indent=1)))
     plot_histograms(report, paths["png"])
     return paths
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from lingo_core.data.errors import DataError
 from lingo_core.data.fasta import detect_layout
 from lingo_core.data.loading import infer_task_stats
+from lingo_core.typed import is_int
 
 SOURCES = ("csv", "fasta")
 SPLITS = ("train", "dev", "test")
@@ -272,24 +273,20 @@ class TaskRegistry:
 _REQUIRED_KEYS = ("name", "path", "num_labels", "seq_len_bp")
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)  # JSON `true` is no row count
-
-
 def _is_str_list(v: object) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
 def _is_sizes(v: object) -> bool:
-    return isinstance(v, dict) and all(isinstance(k, str) and _is_int(n) and n >= 0 for k, n in v.items())
+    return isinstance(v, dict) and all(isinstance(k, str) and is_int(n) and n >= 0 for k, n in v.items())
 
 
 # The JSON type of each key (value ranges stay with TaskSpec, which owns them): key -> (check, expected).
 _KEY_TYPES = {
     "name": (lambda v: isinstance(v, str) and v != "", "a non-empty string such as 'EMP/H3'"),
     "path": (lambda v: isinstance(v, str) and v != "", "a folder path relative to the data root (a string)"),
-    "num_labels": (lambda v: _is_int(v) and v > 0, "a positive integer"),
-    "seq_len_bp": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "num_labels": (lambda v: is_int(v) and v > 0, "a positive integer"),
+    "seq_len_bp": (lambda v: is_int(v) and v > 0, "a positive integer"),
     "label_names": (lambda v: v is None or _is_str_list(v), "a list of strings, one per label"),
     "description": (lambda v: v is None or isinstance(v, str), "a string"),
     "metric": (lambda v: isinstance(v, str), "a string"),

@@ -9,13 +9,13 @@ Layout of `step-NNNNNNN/`:
   MANIFEST.sha256.json           sha256 + size of every file above, written last (lingo_core.storage)
 
 Resuming verifies the manifest first; a damaged newest checkpoint falls back to the previous intact one.
-`usable_checkpoint` makes that choice and is the only one that does: `load_checkpoint` restores what it
-picks and `checkpoint_step` reports the step of what it picks, so a caller that logs "resumed from step N"
-before training names the checkpoint training then restores.
+`usable_checkpoint` makes that choice and is the only one that does, once per resume: `resume_point` wraps
+what it picks with its step, and `load_checkpoint` restores a ResumePoint as it is (a plain path is picked
+first), so a caller that logs "resumed from step N" before training names the checkpoint then restored.
 
-  given folder --usable_checkpoint--> intact folder --+--> checkpoint_step() -> N   (the worker logs it)
-  (Ray's copy, or                     (itself, or the  +--> load_checkpoint()        (train() restores it)
-   checkpoints/step-*)                 newest intact sibling)
+  given folder --resume_point--> ResumePoint(folder, step) --+--> .step               (the worker logs it)
+  (Ray's copy, or  (usable_checkpoint: itself, or the       +--> load_checkpoint()   (train() restores it)
+   checkpoints/step-*)  newest intact sibling, verified once)
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -57,11 +58,20 @@ class CheckpointWarning(UserWarning):
     """A damaged checkpoint was skipped and an older intact one used instead."""
 
 
-def checkpoint_step(path: str | Path) -> int:
-    """The optimizer step that resuming from `path` restores: the step of `usable_checkpoint(path)`, so of
-    an older intact sibling when `path` itself is damaged (its trainer_state.json corrupt, missing, or not
-    matching the manifest). CheckpointError, naming the damaged file, when no checkpoint there is intact."""
-    return _step(_read_state(usable_checkpoint(path)))
+@dataclass(frozen=True)
+class ResumePoint:
+    """An intact checkpoint folder that `usable_checkpoint` picked, and the optimizer step it restores."""
+
+    folder: Path
+    step: int
+
+
+def resume_point(path: str | Path) -> ResumePoint:
+    """What resuming from `path` restores: `usable_checkpoint(path)` and its step, so an older intact
+    sibling when `path` itself is damaged (its trainer_state.json corrupt, missing, or not matching the
+    manifest). CheckpointError, naming the damaged file, when no checkpoint there is intact."""
+    folder = usable_checkpoint(path)
+    return ResumePoint(folder, _step(_read_state(folder)))
 
 
 def _read_state(folder: Path) -> dict:
@@ -191,11 +201,10 @@ def usable_checkpoint(path: str | Path) -> Path:
                           + (f" (and {len(problems) - 1} older damaged)" if len(problems) > 1 else ""))
 
 
-def _agree(path: Path) -> None:
+def _agree(step: int) -> None:
     """Every rank must resume from the same step (nodes verify their own copies)."""
     if not (dist.is_available() and dist.is_initialized()):
         return
-    step = _step(_read_state(path))
     steps: list = [None] * dist.get_world_size()
     dist.all_gather_object(steps, step)
     if len(set(steps)) != 1:
@@ -203,11 +212,12 @@ def _agree(path: Path) -> None:
                               "for all: the nodes' checkpoint copies differ")
 
 
-def load_checkpoint(path: Path, backend, controller) -> tuple[dict, dict | None]:
-    """Restore backend, controller and trainer state from the newest intact checkpoint at `path` (see
-    usable_checkpoint). Only safetensors and JSON files of our own are read here."""
-    path = usable_checkpoint(path)
-    _agree(path)
+def load_checkpoint(point: ResumePoint | str | Path, backend, controller) -> tuple[dict, dict | None]:
+    """Restore backend, controller and trainer state from `point`, or from the newest intact checkpoint at a
+    path (resume_point picks it). Only safetensors and JSON files of our own are read here."""
+    point = point if isinstance(point, ResumePoint) else resume_point(point)  # verified once, by its picker
+    path = point.folder
+    _agree(point.step)
     backend.load_checkpoint(path / "backend")
     state = _read_state(path)
     if controller is not None:

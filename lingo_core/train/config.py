@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lingo_core.tuners.config import AdapterSettings
-from lingo_core.typed import build
+from lingo_core.typed import build, is_int
 
 TOKENIZATIONS = ("bbpe", "onehot")
 
@@ -92,7 +92,7 @@ class TrainConfig:
             not isinstance(self.max_grad_norm, (int, float)) or self.max_grad_norm < 0
         ):
             raise ValueError(f"TrainConfig.max_grad_norm={self.max_grad_norm!r}: expected a float >= 0 or None")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             raise ValueError(f"TrainConfig.seed={self.seed!r}: expected an int >= 0")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ValueError(f"TrainConfig.num_workers={self.num_workers!r}: expected an int >= 0")
@@ -146,5 +146,5 @@ class TrainConfig:
 
 def _positive_int(cfg: TrainConfig, name: str) -> None:
     v = getattr(cfg, name)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+    if not is_int(v) or v < 1:
         raise ValueError(f"TrainConfig.{name}={v!r}: expected a positive integer")

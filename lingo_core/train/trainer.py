@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from lingo_core.run_folder import RunFolder
 from lingo_core.selection import SELECTION
 from lingo_core.train.backend import TorchBackend, TrainBackend, check_backend
-from lingo_core.train.checkpoint import load_checkpoint, save_checkpoint
+from lingo_core.train.checkpoint import ResumePoint, load_checkpoint, save_checkpoint
 from lingo_core.train.config import TrainConfig
 from lingo_core.train.metrics import classification_metrics
 from lingo_core.tuners import budget
@@ -194,7 +194,7 @@ def train(
     cfg: TrainConfig,
     backend: TrainBackend | None = None,
     hooks: TrainHooks | None = None,
-    resume_from: str | Path | None = None,
+    resume_from: ResumePoint | str | Path | None = None,
 ) -> TrainResult:
     from lingo_core.modeling import load_classifier, load_tokenizer, model_identity, resolve_model
     from lingo_core.tokenization import TEMPLATE, LingoTokenizer, suggest_max_length
@@ -237,7 +237,7 @@ def train(
     step, best_step, best_mcc, best_state, best_dev = 0, 0, SELECTION.worst, None, {}
     n_dev_evals = 0
     if resume_from is not None:
-        st, best_state = load_checkpoint(Path(resume_from), backend, controller)
+        st, best_state = load_checkpoint(resume_from, backend, controller)
         step, best_step, best_mcc = st["step"], st["best_step"], st["best_mcc"]
         best_dev, n_dev_evals = st["best_dev_metrics"], st["num_dev_evals"]
 

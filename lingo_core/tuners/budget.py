@@ -43,7 +43,7 @@ def train_rows(task: TaskSpec, max_train_samples: int | None, split_rows: int | 
 
 def rank_budget(task: TaskSpec, max_train_samples: int | None, split_rows: int | None = None) -> tuple[int, int]:
     """The default (init_r, target_r) of a run of `task` (see `train_rows` for the rows counted)."""
-    init_r, target_r = default_rank_budget(task, train_rows(task, max_train_samples, split_rows))
+    init_r, target_r = default_rank_budget(train_rows(task, max_train_samples, split_rows))
     return int(init_r), int(target_r)
 
 
@@ -52,4 +52,4 @@ def resolve_adapter(settings: AdapterSettings, task: TaskSpec, max_train_samples
     """`settings` with ranks left None filled from the default budget (ars/adalora; others unchanged)."""
     if settings.method not in RANK_METHODS:
         return settings
-    return resolve_ranks(settings, task, train_rows(task, max_train_samples, split_rows))
+    return resolve_ranks(settings, train_rows(task, max_train_samples, split_rows))

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from lingo_core.method_names import METHODS
-
-if TYPE_CHECKING:  # typing only: keeps `import lingo_core.tuners` free of the data stack
-    from lingo_core.data.task import TaskSpec
+from lingo_core.typed import is_int
 
 SAMPLING_MODES = ("uniform", "importance")
 """How ARS picks triplets to reintroduce / drop: fixed probabilities, or scaled by importance."""
@@ -62,10 +60,6 @@ RESAMPLES_PER_DECAY = 8
 """Default number of ARS resample periods over the pruning phase: a period of 1/8 of it (about 50 steps
 in a 600-step run) lets a reintroduced triplet train and its importance EMA (time constant
 1 / (1 - beta1) ~ 7 steps) reflect its own gradients before it competes for the budget again."""
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -120,7 +114,7 @@ class AdapterSettings:
             )
         for name in ("init_r", "target_r"):
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
+            if value is not None and (not is_int(value) or value < 1):
                 raise ValueError(f"AdapterSettings.{name}: got {value!r}; expected a positive integer (>= 1) or None")
         if self.init_r is not None and self.target_r is not None and self.target_r > self.init_r:
             raise ValueError(
@@ -129,9 +123,9 @@ class AdapterSettings:
             )
         for name in ("tinit", "tfinal"):
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 0):
+            if value is not None and (not is_int(value) or value < 0):
                 raise ValueError(f"AdapterSettings.{name}: got {value!r}; expected a number of steps >= 0 or None")
-        if self.resample_every is not None and (not _is_int(self.resample_every) or self.resample_every < 1):
+        if self.resample_every is not None and (not is_int(self.resample_every) or self.resample_every < 1):
             raise ValueError(
                 f"AdapterSettings.resample_every: got {self.resample_every!r}; expected steps >= 1 or None"
             )
@@ -139,7 +133,7 @@ class AdapterSettings:
             raise ValueError(f"AdapterSettings.svd_init: got {self.svd_init!r}; expected one of {', '.join(SVD_INITS)}")
         for name in ("deltaT", "lora_r", "num_virtual_tokens"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"AdapterSettings.{name}: got {value!r}; expected an integer >= 1")
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
@@ -173,7 +167,7 @@ class AdapterSettings:
 
         None values become TINIT_FRACTION / TFINAL_FRACTION of total_steps.
         """
-        if not _is_int(total_steps) or total_steps < 1:
+        if not is_int(total_steps) or total_steps < 1:
             raise ValueError(f"total_steps: got {total_steps!r}; expected a positive number of optimizer steps")
         tinit = self.tinit if self.tinit is not None else int(TINIT_FRACTION * total_steps)
         tfinal = self.tfinal if self.tfinal is not None else int(TFINAL_FRACTION * total_steps)
@@ -186,29 +180,23 @@ class AdapterSettings:
         return tinit, tfinal
 
 
-def default_rank_budget(task: TaskSpec | None, n_train: int | None) -> tuple[int, int]:
-    """(init_r, target_r) for a task with `n_train` training sequences.
+def default_rank_budget(n_train: int) -> tuple[int, int]:
+    """(init_r, target_r) for a run on `n_train` training sequences (counted by lingo_core.tuners.budget,
+    the one count of a run's rows).
 
     Rule: init_r = DEFAULT_INIT_R (8); target_r = 2 below 5k sequences, 4 below 30k, 6 otherwise.
-    Larger tasks can afford (and need) more rank; tiny ones over-fit with it. When n_train is None the
-    task's known train size (`task.sizes["train"]`) is used. For a run, ask lingo_core.tuners.budget,
-    which counts the rows the run trains on (after max_train_samples) the one way.
+    Larger tasks can afford (and need) more rank; tiny ones over-fit with it.
     """
-    if n_train is None and task is not None and task.sizes:
-        n_train = task.sizes.get("train")
-    if n_train is None or not _is_int(n_train) or n_train < 0:
-        name = getattr(task, "name", None)
-        raise ValueError(
-            f"default_rank_budget: n_train is {n_train!r} (task {name!r}); expected the number of training "
-            "sequences (>= 0), or a task whose sizes include 'train'"
-        )
+    if not is_int(n_train) or n_train < 0:
+        raise ValueError(f"default_rank_budget: n_train is {n_train!r}; expected the number of training "
+                         "sequences (>= 0)")
     for bound, target in RANK_TIERS:
         if n_train < bound:
             return DEFAULT_INIT_R, target
     return DEFAULT_INIT_R, DEFAULT_LARGE_TARGET_R
 
 
-def resolve_ranks(settings: AdapterSettings, task: TaskSpec | None, n_train: int | None) -> AdapterSettings:
+def resolve_ranks(settings: AdapterSettings, n_train: int) -> AdapterSettings:
     """A copy of `settings` with init_r / target_r filled from default_rank_budget where they are None.
 
     A user-set init_r below the default target caps the target, and a user-set target_r above the
@@ -216,7 +204,7 @@ def resolve_ranks(settings: AdapterSettings, task: TaskSpec | None, n_train: int
     """
     if settings.init_r is not None and settings.target_r is not None:
         return dataclasses.replace(settings)
-    init_r, target_r = default_rank_budget(task, n_train)
+    init_r, target_r = default_rank_budget(n_train)
     init_r = settings.init_r if settings.init_r is not None else max(init_r, settings.target_r or 0)
     target_r = settings.target_r if settings.target_r is not None else min(target_r, init_r)
     return dataclasses.replace(settings, init_r=init_r, target_r=target_r)

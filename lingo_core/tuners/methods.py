@@ -87,7 +87,7 @@ def _with_ranks(settings: AdapterSettings) -> AdapterSettings:
     if settings.init_r is not None and settings.target_r is not None:
         return settings
     # No task here: resolve_ranks (the rule's owner, config.py) at a mid-size row count.
-    resolved = resolve_ranks(settings, None, _FALLBACK_N_TRAIN)
+    resolved = resolve_ranks(settings, _FALLBACK_N_TRAIN)
     warnings.warn(
         "AdapterSettings.init_r/target_r unset at build_model; using the mid-size default "
         f"({resolved.init_r}, {resolved.target_r}). Call lingo_core.tuners.budget.resolve_adapter(settings, "

@@ -292,10 +292,11 @@ def test_checkpoint_tag_is_never_latest(tmp_path: Path) -> None:
 
 def test_disabled_deepspeed_builds_the_plain_backend() -> None:
     from lingo_core.train import TorchBackend, TrainConfig
-    from orchestrator.worker import build_backend
+    from orchestrator.jobspec import DeepSpeedSpec
+    from orchestrator.worker import DeepSpeedSettings, build_backend
 
     cfg = TrainConfig(task="prom_core_tata", grad_accum=2, max_grad_norm=0.5)
-    backend = build_backend(cfg, {"enabled": False, "zero_stage": 2, "bf16": "auto"})
+    backend = build_backend(cfg, DeepSpeedSettings.for_train(cfg, DeepSpeedSpec(enabled=False)))
     assert isinstance(backend, TorchBackend)
     assert (backend.grad_accum, backend.max_grad_norm) == (2, 0.5)  # the trial's own accumulation and clip
 
@@ -306,9 +307,10 @@ def test_deepspeed_settings_of_a_trial_pass_the_trainers_check() -> None:
 
     from lingo_core.train import TrainConfig
     from lingo_core.train.backend import check_backend
+    from orchestrator.jobspec import DeepSpeedSpec
     from orchestrator.worker import DeepSpeedSettings
 
     cfg = TrainConfig(task="prom_core_tata", grad_accum=3, max_grad_norm=0.25)
-    check_backend(SimpleNamespace(settings=DeepSpeedSettings.for_train(cfg, {"zero_stage": 2})), cfg)
+    check_backend(SimpleNamespace(settings=DeepSpeedSettings.for_train(cfg, DeepSpeedSpec(zero_stage=2))), cfg)
     with pytest.raises(ValueError, match="grad_accum"):
         check_backend(SimpleNamespace(settings=DeepSpeedSettings(grad_accum=1)), cfg)

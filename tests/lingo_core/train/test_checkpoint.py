@@ -24,8 +24,8 @@ from lingo_core.train.checkpoint import (
     KEEP,
     CheckpointError,
     CheckpointWarning,
-    checkpoint_step,
     load_checkpoint,
+    resume_point,
     save_checkpoint,
 )
 
@@ -117,7 +117,7 @@ def test_no_intact_checkpoint_is_one_error_naming_the_file(tmp_path):
 
 @pytest.mark.parametrize("remanifest", [False, True], ids=["after_manifest", "manifest_agrees"])
 def test_corrupt_trainer_state_reports_the_step_of_the_fallback(tmp_path, remanifest):
-    """The worker logs checkpoint_step(resume_dir) as the resumed step: it must be the step load_checkpoint
+    """The worker logs resume_point(resume_dir).step as the resumed step: it must be the step load_checkpoint
     restores (the intact older sibling), never a JSONDecodeError from the damaged newest. manifest_agrees:
     the state was bad before the manifest was taken (a bug, an edit), so only parsing it catches it."""
     backend, model = _backend()
@@ -127,7 +127,7 @@ def test_corrupt_trainer_state_reports_the_step_of_the_fallback(tmp_path, remani
     if remanifest:
         write_manifest(newest)
     with pytest.warns(CheckpointWarning, match="trainer_state.json"):
-        assert checkpoint_step(newest) == 1
+        assert resume_point(newest).step == 1
     with pytest.warns(CheckpointWarning):
         state, _ = load_checkpoint(newest, _backend()[0], None)
     assert state["step"] == 1  # the step reported is the step restored
@@ -140,10 +140,55 @@ def test_both_trainer_states_corrupt_is_a_checkpoint_error_naming_the_file(tmp_p
         (folder / "trainer_state.json").write_text("not json at all")
         write_manifest(folder)  # intact by the manifest: the bad JSON itself must be caught
     with pytest.raises(CheckpointError) as info:
-        checkpoint_step(newest)
+        resume_point(newest)
     msg = str(info.value)
     assert f"{newest / 'trainer_state.json'}" in msg and "expected" in msg and "1 older damaged" in msg
     assert "\n" not in msg
+
+
+def _torn_state(folder: Path) -> None:
+    (folder / "trainer_state.json").write_text('{"step": 2, "best')
+
+
+def _no_manifest(folder: Path) -> None:  # a copy interrupted before its last file
+    (folder / MANIFEST).unlink()
+
+
+def _missing_shard(folder: Path) -> None:  # a partial copy: a listed file never arrived
+    next((folder / "backend").glob("*.safetensors")).unlink()
+
+
+def _flipped_byte(folder: Path) -> None:  # same size, other bytes: only the sha256 sees it
+    file = folder / "best_trainable.safetensors"
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_torn_state, _no_manifest, _missing_shard, _flipped_byte],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_one_verification_rule_for_the_logged_step_and_the_restored_one(tmp_path, damage):
+    """The worker logs resume_point's step and train() restores resume_point's folder: for every kind of
+    damage both name the intact older checkpoint, and a ResumePoint is restored as picked (no second
+    check with rules of its own). Verifying in load_checkpoint again, or a worker-side check, would
+    disagree on one of these damages or on the manifest lost after the pick below."""
+    backend, model = _backend()
+    older = _save(tmp_path, backend, model, 1)
+    at_older = _weights(model)
+    newest = _save(tmp_path, backend, model, 2)
+    damage(newest)
+    with pytest.warns(CheckpointWarning, match=f"{newest} is damaged"):
+        point = resume_point(newest)
+    assert (point.folder, point.step) == (older, 1)
+    with pytest.warns(CheckpointWarning):
+        state, _ = load_checkpoint(newest, _backend()[0], None)  # a plain path: the same pick
+    assert state["step"] == point.step
+
+    fresh, fresh_model = _backend(seed=3)
+    (older / MANIFEST).unlink()  # after the pick: the picked point is restored, not verified again
+    state, best = load_checkpoint(point, fresh, None)
+    assert state["step"] == 1 and best is not None
+    assert all(torch.equal(v, fresh_model.state_dict()[k]) for k, v in at_older.items())
 
 
 class _Probe(nn.Module):

@@ -98,21 +98,20 @@ def _task(train_rows: int | None) -> TaskSpec:
 @pytest.mark.parametrize(("n_train", "expected"), [(0, (8, 2)), (4_999, (8, 2)), (5_000, (8, 4)),
                                                    (29_999, (8, 4)), (30_000, (8, 6)), (10**6, (8, 6))])
 def test_default_rank_budget_tiers(n_train, expected):
-    assert default_rank_budget(_task(None), n_train) == expected
+    assert default_rank_budget(n_train) == expected
 
 
-def test_default_rank_budget_uses_task_sizes_or_says_what_is_missing():
-    assert default_rank_budget(_task(40_000), None) == (8, 6)
-    with pytest.raises(ValueError, match="n_train is None"):
-        default_rank_budget(_task(None), None)
+def test_default_rank_budget_says_what_is_missing():
+    with pytest.raises(ValueError, match="n_train is None; expected the number of training sequences"):
+        default_rank_budget(None)
 
 
 def test_resolve_ranks_fills_only_unset_ranks():
-    filled = resolve_ranks(AdapterSettings(), _task(None), 1_000)
+    filled = resolve_ranks(AdapterSettings(), 1_000)
     assert (filled.init_r, filled.target_r) == (8, 2)
-    assert resolve_ranks(AdapterSettings(init_r=3), None, 50_000).target_r == 3  # capped at init_r
-    assert resolve_ranks(AdapterSettings(target_r=12), None, 100).init_r == 12  # init raised to target
-    kept = resolve_ranks(AdapterSettings(init_r=6, target_r=1), None, 100)
+    assert resolve_ranks(AdapterSettings(init_r=3), 50_000).target_r == 3  # capped at init_r
+    assert resolve_ranks(AdapterSettings(target_r=12), 100).init_r == 12  # init raised to target
+    kept = resolve_ranks(AdapterSettings(init_r=6, target_r=1), 100)
     assert (kept.init_r, kept.target_r) == (6, 1)
 
 

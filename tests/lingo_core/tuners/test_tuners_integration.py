@@ -12,7 +12,7 @@ def test_ars_on_smollm2_trains_under_two_percent(smollm2_ref):
     from lingo_core.modeling import load_classifier
 
     base = load_classifier(smollm2_ref, num_labels=2)
-    settings = resolve_ranks(AdapterSettings(method="ars"), None, 50_000)  # default init_r 8 on all projections
+    settings = resolve_ranks(AdapterSettings(method="ars"), 50_000)  # default init_r 8 on all projections
     assert settings.init_r == 8
     model, controller = build_model(base, settings, total_steps=1000, seed=0)
     trainable, total, fraction = trainable_summary(model)
