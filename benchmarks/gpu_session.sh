@@ -11,9 +11,11 @@
 # Then, back to back (prefix each command with LINGO_COMMIT=<git rev-parse HEAD here>: the device's
 # copy of .git can be stale, and the result files record that commit):
 #   carry [.stage/a]  bash benchmarks/gpu_session.sh stage-a      # PROBE=1: + the co-location probe
-#   carry [.stage/b]  bash benchmarks/gpu_session.sh stage-b      # + benchmarks/step_time.py
+#   carry [.stage/b]  bash benchmarks/gpu_session.sh stage-b      # + step_time.py (STEP_TIME=0: not), packing.py (PACKING=1)
 #   carry [.device]   bash benchmarks/gpu_session.sh select       # lr selection sweep (re-split tasks)
 #   carry [.device]   bash benchmarks/gpu_session.sh proof seeds=[0] ...   # a group of proof trials
+#   carry [.device]   bash benchmarks/gpu_session.sh start        # trial_start.py: a trial's entry -> first step
+#   carry [.device]   bash benchmarks/gpu_session.sh scaling      # scaling.py (2+ GPUs; MEMORY=1: one-GPU memory)
 set -uo pipefail
 ST=/tmp/st
 OUT=${OUT:-/tmp/out}
@@ -42,6 +44,22 @@ case "${1:-}" in
     python3 -m pip install -q --no-index --no-deps --no-compile --target $ST/site .stage/b/whl/*.whl || exit 5
     [ "${STEP_TIME:-1}" = 1 ] && python3 benchmarks/step_time.py --batch-size 32 --steps 20 --warmup 5 --rounds ${ROUNDS:-4} \
       --methods ${METHODS:-ars,lora} --backends torch,deepspeed --out "$OUT/step_time_gpu.json"
+    [ "${PACKING:-0}" = 1 ] && python3 benchmarks/packing.py --model $GGUF --group-sizes ${GROUP_SIZES:-14,7,4} \
+      --steps 20 --warmup 5 --batch-size 32 --device cuda --out "$OUT/packing_gpu.json"
+    ;;
+  start)
+    [ -f $GGUF ] || cold
+    bash .device/install.sh .device || exit 5
+    python3 benchmarks/trial_start.py --device cuda --model $GGUF --cold --out "$OUT/trial_start_cold.json"
+    python3 benchmarks/trial_start.py --device cuda --model $GGUF --out "$OUT/trial_start.json"  # dense cache warm
+    ;;
+  scaling)
+    bash .device/install.sh .device || exit 5
+    if [ "${MEMORY:-0}" = 1 ]; then
+      python3 benchmarks/scaling.py --memory --sizes ${SIZES:-1b,3b,7b,13b} --steps 3 --warmup 1 --out "$OUT/scaling_memory_gpu.json"
+    else
+      python3 benchmarks/scaling.py --gpus ${GPUS:-1,2} --methods ars,lora,full --size 1b --out "$OUT/scaling_gpu.json"
+    fi
     ;;
   select|proof)
     phase=$1; shift
@@ -62,5 +80,5 @@ case "${1:-}" in
     [ $phase = select ] && cp "$OUT/$name.json" $ST/
     gzip -c $dir/mlflow.db > "$OUT/$name-mlflow.db.gz"  # loss curves, budgets, params of every trial
     ;;
-  *) echo "usage: $0 stage-a|stage-b|select|proof [key=value ...]"; exit 2 ;;
+  *) echo "usage: $0 stage-a|stage-b|select|proof|start|scaling [key=value ...]"; exit 2 ;;
 esac
