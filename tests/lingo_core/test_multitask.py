@@ -225,3 +225,28 @@ def test_task_slots_are_validated(ref):
     with pytest.raises(ValueError, match="do not fit rank 2"):
         model.load_task_state(0, state)
     assert math.isclose(float(model.routed_layers()[0][1].scaling[0]), TaskAdapter("x", 2).alpha / 2)
+
+
+# ---- the point of packing: a step's work does not grow with the number of tasks -----------------------
+class _CountCalls(torch.overrides.TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_forward_issues_as_many_torch_calls_for_three_tasks_as_for_one(ref, batches):
+    """The blocks path applies all tasks' factors with one batched matmul per layer: a per-task loop
+    (launches growing with K, the overhead packing exists to amortise) fails this."""
+    _, mixed = batches
+    counts = []
+    for tasks in (TASKS[:1], TASKS):
+        model = MultiTaskLoRA(load_classifier(ref, 2), tasks, dropout=0.0)
+        rows = {k: v[: len(tasks) * ROWS] for k, v in mixed.items()}
+        with _CountCalls() as mode:
+            model(rows["input_ids"], rows["attention_mask"], Routing.blocks(ROWS))
+        counts.append(mode.calls)
+    assert counts[0] == counts[1], f"torch calls per forward: {counts[0]} for 1 task, {counts[1]} for 3"
