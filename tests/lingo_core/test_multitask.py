@@ -148,6 +148,21 @@ def test_a_tasks_loss_reaches_only_its_own_factors_and_head(packed, batches, pat
     packed.zero_grad(set_to_none=True)
 
 
+def test_permuted_rows_give_the_same_gradients_as_blocks(packed, batches):
+    """Training on a mixed batch in any row order (the per-row path) moves every task as the blocks path does."""
+    _, mixed = batches
+    perm = torch.randperm(len(TASKS) * ROWS, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for batch, routing in ((mixed, Routing.blocks(ROWS)),
+                           ({k: v[perm] for k, v in mixed.items()}, Routing.per_row(_task_ids()[perm]))):
+        packed.zero_grad(set_to_none=True)
+        packed.task_losses(_forward(packed, batch, routing), batch["labels"], routing).sum().backward()
+        grads.append([p.grad.clone() for p in packed.stacked_parameters()])
+    packed.zero_grad(set_to_none=True)
+    for blocks, per_row in zip(*grads, strict=True):
+        torch.testing.assert_close(per_row, blocks, rtol=1e-4, atol=1e-5)
+
+
 # ---- training: packed equals each task trained alone ---------------------------------------------------
 def test_packed_training_equals_each_task_trained_alone(ref, packed, batches):
     """Two tasks trained together (one backward of the summed losses, TaskOptimizers) end exactly where
