@@ -49,6 +49,7 @@ from lingo_core.modeling import load_classifier, load_tokenizer, resolve_model  
 from lingo_core.multitask import MultiTaskLoRA, Routing, TaskAdapter, TaskOptimizers  # noqa: E402
 from lingo_core.tokenization import LingoTokenizer, suggest_max_length  # noqa: E402
 from lingo_core.train.config import TrainConfig  # noqa: E402
+from lingo_core.tuners.config import AdapterSettings  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 SHARED_TASKS = ("prom_core_all,prom_core_notata,prom_core_tata,prom_300_all,prom_300_notata,prom_300_tata,"
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32, help="rows per task per step (32: the GPU figures)")
     p.add_argument("--rank", type=int, default=TaskAdapter.r, help="LoRA rank of every task")
     p.add_argument("--alpha", type=float, default=TaskAdapter.alpha, help="LoRA alpha of every task")
-    p.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout (0.05: AdapterSettings.lora_dropout)")
+    p.add_argument("--dropout", type=float, default=AdapterSettings.lora_dropout, help="LoRA dropout of every task")
     p.add_argument("--lr", type=float, default=TrainConfig.lr, help="AdamW lr of every task")
     p.add_argument("--reference-tasks", default=REFERENCE_TASKS, help="tasks timed with the project's step ('' none)")
     p.add_argument("--reference-steps", type=int, default=3,
