@@ -178,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
         p.error("--steps and --batch-size must be >= 1, --warmup >= 0")
+    try:  # errors before work: a bad adapter setting would otherwise fail every run after the model load
+        TaskAdapter("-", 2, r=args.rank, alpha=args.alpha)
+    except ValueError as e:
+        p.error(f"--rank/--alpha: {e}")
+    if not 0 <= args.dropout < 1:
+        p.error(f"--dropout: expected a value in [0, 1), got {args.dropout}")
     args.warmup_steps = TrainConfig(task="-").warmup_steps(args.warmup + args.steps)  # the project's rule
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     command = " ".join(["python", "benchmarks/packing.py", *(argv if argv is not None else sys.argv[1:])])
@@ -246,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         for chunk in sorted(chunks, key=lambda c: -len(c) * max(length[s.name] for s in c)):
             batches = step_batches(tok, [rows[s.name] for s in chunk], total, args.batch_size, device)
             row = guarded(train_run, base, chunk, batches, args, device)
+            # what was asked of the device, also when it failed: rows per step and the widest step
+            row.update(tasks=[s.name for s in chunk], rows_per_step=len(chunk) * args.batch_size,
+                       max_width_tokens=max(int(b["input_ids"].shape[1]) for b in batches))
             del batches
             _free(device)
             runs.append(row)
