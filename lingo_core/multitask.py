@@ -3,8 +3,9 @@
 A SmolLM2-135M LoRA step at batch 32 is bound by kernel launches, not arithmetic, so training small GUE
 tasks one after another leaves the GPU mostly idle. Here the frozen base runs once over the rows of all
 tasks; every target linear adds, per row, the LoRA update of that row's task, and each task's head reads
-the last non-pad token (as the single-task classifier does). The number of kernels in a step does not
-grow with K: the tasks' factors are stacked and applied with one batched matmul.
+the last non-pad token (as the single-task classifier does). The forward's kernel count does not grow
+with K: the tasks' factors are stacked and applied with one batched matmul (only the optimizer step,
+one AdamW per task, is repeated per task).
 
     rows of a mixed batch          every target linear of the frozen base (bf16 on CUDA)
     +---------------+
@@ -305,24 +306,44 @@ class MultiTaskLoRA(nn.Module):
         self.head[k].zero_()
         self.head[k, : head.shape[0]] = head
 
-    def load_peft_task(self, k: int, peft_model: nn.Module, adapter: str = "default") -> None:
-        """Copy a PEFT LoRA sequence classifier (same base, same targets) into task k's slot: its factors,
-        its per-layer scaling and its head (`score` in modules_to_save)."""
-        peft_layers = {n: m for n, m in peft_model.named_modules() if isinstance(getattr(m, "lora_A", None), nn.ModuleDict)}
-        state, scaling = {}, {}
+    def _peft_parts(self, peft_model: nn.Module, adapter: str) -> tuple[dict[str, nn.Module], nn.Linear]:
+        """A PEFT LoRA sequence classifier's LoRA layer for each of our layers, and its trainable head."""
+        lora = {n: m for n, m in peft_model.named_modules() if isinstance(getattr(m, "lora_A", None), nn.ModuleDict)}
+        layers = {}
         for name in self.layer_names:
-            hits = [m for n, m in peft_layers.items() if n.endswith("." + name)]
+            hits = [m for n, m in lora.items() if n.endswith("." + name)]
             if len(hits) != 1:
                 raise ValueError(f"{len(hits)} PEFT LoRA layers end in {name!r}; expected one (same base and targets?)")
-            state[f"{name}.lora_A"] = hits[0].lora_A[adapter].weight.detach()
-            state[f"{name}.lora_B"] = hits[0].lora_B[adapter].weight.detach()
-            scaling[name] = float(hits[0].scaling[adapter])
+            layers[name] = hits[0]
         heads = [m for n, m in peft_model.named_modules() if n.rpartition(".")[2] in ("score", "classifier")
                  and hasattr(m, "modules_to_save")]
         if len(heads) != 1:
             raise ValueError(f"found {len(heads)} trainable heads (score in modules_to_save) in the PEFT model")
-        state["head"] = heads[0].modules_to_save[adapter].weight.detach()
-        self.load_task_state(k, state, scaling)
+        return layers, heads[0].modules_to_save[adapter]
+
+    def load_peft_task(self, k: int, peft_model: nn.Module, adapter: str = "default") -> None:
+        """Copy a PEFT LoRA sequence classifier (same base, same targets) into task k's slot: its factors,
+        its per-layer scaling and its head (`score` in modules_to_save)."""
+        layers, head = self._peft_parts(peft_model, adapter)
+        state = {f"{n}.lora_{m}": getattr(layer, f"lora_{m}")[adapter].weight.detach()
+                 for n, layer in layers.items() for m in "AB"}
+        self.load_task_state(k, {**state, "head": head.weight.detach()},
+                             {n: float(layer.scaling[adapter]) for n, layer in layers.items()})
+
+    @torch.no_grad()
+    def export_peft_task(self, k: int, peft_model: nn.Module, adapter: str = "default") -> None:
+        """Copy task k into a PEFT LoRA classifier built with its rank, alpha and class count (the inverse
+        of `load_peft_task`): its `save_pretrained` then writes an adapter like any single-task run's."""
+        layers, head = self._peft_parts(peft_model, adapter)
+        state = self.task_state(k)
+        for name, layer in layers.items():
+            ours = float(self.backbone.get_submodule(name).scaling[k])
+            if not math.isclose(float(layer.scaling[adapter]), ours, rel_tol=1e-6):
+                raise ValueError(f"{name}: PEFT scaling {layer.scaling[adapter]} != task {self.tasks[k].name!r}'s {ours}; "
+                                 "build the PEFT model with the task's r and alpha")
+            layer.lora_A[adapter].weight.copy_(state[f"{name}.lora_A"])  # copy_ raises on a rank mismatch
+            layer.lora_B[adapter].weight.copy_(state[f"{name}.lora_B"])
+        head.weight.copy_(state["head"])
 
 
 class TaskOptimizers:

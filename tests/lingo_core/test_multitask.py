@@ -112,6 +112,25 @@ def test_task_losses_are_each_tasks_mean_cross_entropy(packed, peft_models, batc
     torch.testing.assert_close(per_row, want, rtol=1e-4, atol=1e-5)
 
 
+def test_a_task_exports_to_a_peft_model_that_computes_the_same(ref, packed, peft_models, batches):
+    """export_peft_task is the inverse of load_peft_task: a fresh PEFT model of task b's shape, filled
+    from the packed slot, gives the logits of the PEFT model the slot was loaded from."""
+    single, _ = batches
+    task = TASKS[1]
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=task.r, lora_alpha=task.alpha, lora_dropout=0.0,
+                        target_modules=DEFAULT_TARGET_MODULES["llama"])
+    fresh = get_peft_model(load_classifier(ref, task.num_labels), config).eval()
+    packed.export_peft_task(1, fresh)
+    with torch.no_grad():
+        got = fresh(input_ids=single[1]["input_ids"], attention_mask=single[1]["attention_mask"]).logits
+        want = peft_models[1](input_ids=single[1]["input_ids"], attention_mask=single[1]["attention_mask"]).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    wrong_scale = get_peft_model(load_classifier(ref, task.num_labels), LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=task.r, lora_alpha=1, target_modules=DEFAULT_TARGET_MODULES["llama"]))
+    with pytest.raises(ValueError, match="scaling"):
+        packed.export_peft_task(1, wrong_scale)
+
+
 # ---- (c) any row order gives the same per-row outputs -------------------------------------------------
 def test_permuted_rows_give_the_same_outputs_as_blocks(packed, batches):
     _, mixed = batches
