@@ -89,12 +89,6 @@ class Routing:
         """Any layout: `task_ids[i]` is the task of row i (prediction over mixed requests)."""
         return cls(task_ids=torch.as_tensor(task_ids, dtype=torch.long))
 
-    def ids(self, num_tasks: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The task of every row as a LongTensor [N]."""
-        if self.task_ids is not None:
-            return self.task_ids.to(device)
-        return torch.arange(num_tasks, device=device).repeat_interleave(self.rows_per_task)
-
 
 class _RouteSlot:
     """The routing of the forward in progress, shared by every routed layer of one model: set once per
