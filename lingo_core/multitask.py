@@ -1,0 +1,406 @@
+"""Many tasks on one frozen base: K tasks' LoRA adapters and heads, one forward over a mixed batch.
+
+A SmolLM2-135M LoRA step at batch 32 is bound by kernel launches, not arithmetic, so training small GUE
+tasks one after another leaves the GPU mostly idle. Here the frozen base runs once over the rows of all
+tasks; every target linear adds, per row, the LoRA update of that row's task, and each task's head reads
+the last non-pad token (as the single-task classifier does). The forward's kernel count does not grow
+with K: the tasks' factors are stacked and applied with one batched matmul (only the optimizer step,
+one AdamW per task, is repeated per task).
+
+    rows of a mixed batch          every target linear of the frozen base (bf16 on CUDA)
+    +---------------+
+    | task 0   (B)  |              y = x W^T  +  (x A[t]^T) (s[t] B[t])^T        t = the row's task
+    | task 1   (B)  | --> layers -->              A: [K, r, in]  B: [K, out, r]  fp32, trainable
+    |  ...          |              h = hidden state at the last non-pad token
+    | task K-1 (B)  |              logits = h head[t]^T      head: [K, C, H]; classes >= C_t are -inf
+    +---------------+
+    Routing.blocks(B):     K equal contiguous blocks in task order -> x.view(K, B*T, in): one bmm
+    Routing.per_row(ids):  any order (prediction)                   -> A[ids], B[ids] gathered per row
+
+A task with a smaller rank than the largest uses the first r_t rows of A[t] (and columns of B[t]); the
+rest are zero, get zero gradient and stay zero. Task j's loss reaches only A[j], B[j] and head[j], so
+one backward of the summed per-task losses (`task_losses`) gives each task exactly its own gradient.
+`TaskOptimizers` gives each task its own AdamW, schedule and clipping over views of its slices
+(`task_parameters`): optimizer state and schedules stay per task while the forward stays stacked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from lingo_core.modeling import DEFAULT_TARGET_MODULES, family
+from lingo_core.train.backend import frozen_to_bf16, linear_warmup_decay
+from lingo_core.train.config import TrainConfig
+from lingo_core.tuners.config import AdapterSettings
+
+__all__ = ["MultiTaskLoRA", "RoutedLoRALinear", "Routing", "TaskAdapter", "TaskOptimizers", "last_token_index"]
+
+
+@dataclass(frozen=True)
+class TaskAdapter:
+    """One task's slot in a `MultiTaskLoRA`: its classes and its LoRA rank budget."""
+
+    name: str
+    """Task name, for messages and logs (e.g. "EMP/H3")."""
+    num_labels: int
+    """Classes of the task's head (the stacked head has the largest count; the extra rows are masked)."""
+    r: int = AdapterSettings.lora_r  # the single-task LoRA default: a packed task trains as it would alone
+    """LoRA rank of this task."""
+    alpha: float = AdapterSettings.lora_alpha  # the single-task default, for the same reason
+    """LoRA scaling numerator: the update is scaled by alpha / r."""
+
+    def __post_init__(self) -> None:
+        if self.num_labels < 2:
+            raise ValueError(f"TaskAdapter({self.name!r}).num_labels={self.num_labels}: expected >= 2")
+        if self.r < 1:
+            raise ValueError(f"TaskAdapter({self.name!r}).r={self.r}: expected a rank >= 1")
+        if self.alpha <= 0:
+            raise ValueError(f"TaskAdapter({self.name!r}).alpha={self.alpha}: expected > 0")
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which task each row of a batch belongs to; build with `blocks` or `per_row`."""
+
+    rows_per_task: int | None = None
+    """Blocks layout: rows [k*B, (k+1)*B) belong to task k, for every task of the model."""
+    task_ids: torch.Tensor | None = None
+    """Per-row layout: the task of each row (LongTensor [N]), in any order."""
+
+    def __post_init__(self) -> None:
+        if (self.rows_per_task is None) == (self.task_ids is None):
+            raise ValueError("Routing needs exactly one of rows_per_task and task_ids; use blocks() or per_row()")
+        if self.rows_per_task is not None and self.rows_per_task < 1:
+            raise ValueError(f"Routing.rows_per_task={self.rows_per_task}: expected >= 1")
+
+    @classmethod
+    def blocks(cls, rows_per_task: int) -> Routing:
+        """Rows laid out as one contiguous block of `rows_per_task` per task, in task order (training)."""
+        return cls(rows_per_task=rows_per_task)
+
+    @classmethod
+    def per_row(cls, task_ids: torch.Tensor | Sequence[int]) -> Routing:
+        """Any layout: `task_ids[i]` is the task of row i (prediction over mixed requests)."""
+        return cls(task_ids=torch.as_tensor(task_ids, dtype=torch.long))
+
+
+class _RouteSlot:
+    """The routing of the forward in progress, shared by every routed layer of one model: set once per
+    forward instead of once per layer."""
+
+    def __init__(self) -> None:
+        self.routing: Routing | None = None
+        self.ids: torch.Tensor | None = None  # per-row layout: task ids already on the device
+
+
+class RoutedLoRALinear(nn.Module):
+    """A frozen `nn.Linear` plus K tasks' LoRA factors, applied per row by the current routing."""
+
+    def __init__(self, base: nn.Linear, tasks: Sequence[TaskAdapter], dropout: float, slot: _RouteSlot) -> None:
+        super().__init__()
+        self.base = base
+        self.slot = slot
+        r_max = max(t.r for t in tasks)
+        self.lora_A = nn.Parameter(torch.zeros(len(tasks), r_max, base.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(len(tasks), base.out_features, r_max))  # zero: starts as the base
+        for k, task in enumerate(tasks):
+            # As nn.Linear and PEFT's LoRA A: kaiming-uniform with a = sqrt(5), i.e. U(+-1/sqrt(in)).
+            nn.init.kaiming_uniform_(self.lora_A.data[k, : task.r], a=math.sqrt(5))
+        self.register_buffer("scaling", torch.tensor([t.alpha / t.r for t in tasks], dtype=torch.float32))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        route = self.slot.routing
+        if route is None:
+            raise RuntimeError("RoutedLoRALinear called outside MultiTaskLoRA.forward: no routing is set")
+        x = self.dropout(x)
+        # The scale folded into B: a [K, out, r] product, cheaper than scaling [N, T, out] activations.
+        b = self.lora_B * self.scaling.view(-1, 1, 1)
+        a, b = self.lora_A.to(x.dtype), b.to(x.dtype)  # bf16 base on CUDA: match its activations
+        if route.rows_per_task is not None:
+            rows = x.reshape(a.shape[0], -1, x.shape[-1])  # [K, B*T, in]: one matmul for all tasks
+            delta = torch.bmm(torch.bmm(rows, a.transpose(1, 2)), b.transpose(1, 2))
+        else:
+            rows = x.reshape(x.shape[0], -1, x.shape[-1])  # [N, T, in]
+            ids = self.slot.ids
+            delta = torch.bmm(torch.bmm(rows, a[ids].transpose(1, 2)), b[ids].transpose(1, 2))
+        return out + delta.view_as(out)
+
+
+def last_token_index(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """Position of the last non-pad token of each row, as transformers' sequence classifiers pool."""
+    non_pad = (input_ids != pad_token_id).to(torch.int32)
+    positions = torch.arange(input_ids.shape[-1], device=input_ids.device, dtype=torch.int32)
+    return (positions * non_pad).argmax(-1)
+
+
+class MultiTaskLoRA(nn.Module):
+    """K tasks' LoRA adapters and classification heads over one frozen backbone (see the module doc).
+
+    Takes over `classifier` (from `lingo_core.modeling.load_classifier`): its backbone's target linears
+    are wrapped in place and its own head is not used. Factors and heads are initialised from torch's
+    global RNG, so seed before building for reproducible runs.
+    """
+
+    def __init__(
+        self,
+        classifier: PreTrainedModel,
+        tasks: Sequence[TaskAdapter],
+        *,
+        target_modules: Sequence[str] | None = None,  # None: the family's defaults, as single-task LoRA
+        dropout: float = AdapterSettings.lora_dropout,  # the single-task LoRA default
+    ) -> None:
+        super().__init__()
+        if not tasks:
+            raise ValueError("MultiTaskLoRA needs at least one TaskAdapter")
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"MultiTaskLoRA: task names repeat in {names}; give each task one slot")
+        if classifier.config.pad_token_id is None:
+            raise ValueError("classifier.config.pad_token_id is None; load it with lingo_core.modeling.load_classifier")
+        self.tasks = tuple(tasks)
+        self.pad_token_id = int(classifier.config.pad_token_id)
+        targets = list(target_modules or DEFAULT_TARGET_MODULES.get(family(classifier), []))
+        backbone = getattr(classifier, classifier.base_model_prefix)
+        backbone.requires_grad_(False)
+        self._slot = _RouteSlot()
+        self.layer_names: list[str] = []
+        for name, module in list(backbone.named_modules()):
+            parent_name, _, leaf = name.rpartition(".")
+            if leaf in targets and isinstance(module, nn.Linear):
+                parent = backbone.get_submodule(parent_name) if parent_name else backbone
+                setattr(parent, leaf, RoutedLoRALinear(module, self.tasks, dropout, self._slot))
+                self.layer_names.append(name)
+        if not self.layer_names:
+            raise ValueError(f"no nn.Linear named any of {targets} in {type(backbone).__name__}; pass target_modules")
+        self.backbone = backbone
+        hidden, classes = classifier.config.hidden_size, max(t.num_labels for t in tasks)
+        std = getattr(classifier.config, "initializer_range", 0.02)  # as transformers initialises `score`
+        self.head = nn.Parameter(torch.randn(len(tasks), classes, hidden) * std)
+        mask = torch.zeros(len(tasks), classes, dtype=torch.bool)
+        for k, task in enumerate(tasks):
+            mask[k, : task.num_labels] = True
+        self.head.data[~mask] = 0.0
+        self.register_buffer("class_mask", mask, persistent=False)
+
+    # ---- placement and parameters ------------------------------------------------------------------
+    def place(self, device: torch.device | str) -> MultiTaskLoRA:
+        """Move to `device`; on a bf16-capable GPU the frozen base is stored in bf16 (as the project's
+        single-task step), factors and heads stay fp32. Build `TaskOptimizers` after this."""
+        device = torch.device(device)
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            frozen_to_bf16(self, {id(p) for p in self.parameters() if p.requires_grad})
+        return self.to(device)
+
+    def routed_layers(self) -> list[tuple[str, RoutedLoRALinear]]:
+        """(name inside the backbone, layer) for every adapted linear, in model order."""
+        return [(name, self.backbone.get_submodule(name)) for name in self.layer_names]
+
+    def stacked_parameters(self) -> list[nn.Parameter]:
+        """Every trainable tensor, each stacked over tasks on dim 0: A and B of each layer, then the head."""
+        out = [p for _, layer in self.routed_layers() for p in (layer.lora_A, layer.lora_B)]
+        return [*out, self.head]
+
+    def task_parameters(self, k: int) -> list[nn.Parameter]:
+        """Task k's slices of `stacked_parameters`, as parameters that alias them (an optimizer over these
+        updates the model in place). Their gradients are linked by `TaskOptimizers`. Call after `place`."""
+        return [nn.Parameter(p.detach()[k]) for p in self.stacked_parameters()]
+
+    def num_trainable(self, k: int) -> int:
+        """Parameters task k really trains: its rank's rows and columns, and its head's classes."""
+        r, hidden = self.tasks[k].r, self.head.shape[-1]
+        lora = sum(r * (layer.base.in_features + layer.base.out_features) for _, layer in self.routed_layers())
+        return lora + self.tasks[k].num_labels * hidden
+
+    # ---- forward -------------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """Logits [N, C] in fp32, C the largest class count; classes a row's task lacks are -inf."""
+        n, num_tasks = input_ids.shape[0], len(self.tasks)
+        ids = None
+        if routing.rows_per_task is not None:
+            if n != num_tasks * routing.rows_per_task:
+                raise ValueError(f"Routing.blocks({routing.rows_per_task}) over {num_tasks} tasks expects "
+                                 f"{num_tasks * routing.rows_per_task} rows, the batch has {n}")
+        else:
+            ids = routing.task_ids
+            if ids.shape != (n,):
+                raise ValueError(f"Routing.per_row: {tuple(ids.shape)} task ids for {n} rows")
+            if ids.device.type == "cpu" and n and not (0 <= int(ids.min()) and int(ids.max()) < num_tasks):
+                # only checked on the host: reading device ids back would stall every step
+                raise ValueError(f"Routing.per_row: task ids {ids.tolist()} outside 0..{num_tasks - 1}")
+            ids = ids.to(input_ids.device, non_blocking=True)
+        self._slot.routing, self._slot.ids = routing, ids
+        try:
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        finally:
+            self._slot.routing, self._slot.ids = None, None
+        last = last_token_index(input_ids, self.pad_token_id)
+        pooled = hidden.last_hidden_state[torch.arange(n, device=input_ids.device), last].float()
+        with torch.autocast(input_ids.device.type, enabled=False):  # heads in fp32: tiny, and logits feed the loss
+            if ids is None:
+                logits = torch.bmm(pooled.view(num_tasks, -1, pooled.shape[-1]), self.head.transpose(1, 2))
+                logits = logits.masked_fill(~self.class_mask[:, None, :], -math.inf).reshape(n, -1)
+            else:
+                logits = torch.bmm(pooled[:, None, :], self.head[ids].transpose(1, 2)).squeeze(1)
+                logits = logits.masked_fill(~self.class_mask[ids], -math.inf)
+        return logits
+
+    def task_losses(self, logits: torch.Tensor, labels: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """Mean cross-entropy of each task's rows, a [K] tensor (0 for a task without rows); backward of
+        its sum gives every task the gradient of its own mean loss."""
+        per_row = nn.functional.cross_entropy(logits, labels, reduction="none")
+        num_tasks = len(self.tasks)
+        if routing.rows_per_task is not None:
+            return per_row.view(num_tasks, -1).mean(1)
+        ids = routing.task_ids.to(per_row.device, non_blocking=True)
+        sums = per_row.new_zeros(num_tasks).index_add(0, ids, per_row)
+        return sums / torch.bincount(ids, minlength=num_tasks).clamp_min(1)
+
+    # ---- one task's weights in and out ---------------------------------------------------------------
+    def task_state(self, k: int) -> dict[str, torch.Tensor]:
+        """Task k's trained weights at its own rank and class count (CPU copies), keyed
+        "<layer>.lora_A" [r, in], "<layer>.lora_B" [out, r] (scale not folded in) and "head" [C, H]."""
+        r, state = self.tasks[k].r, {}
+        for name, layer in self.routed_layers():
+            state[f"{name}.lora_A"] = layer.lora_A.detach()[k, :r].cpu().clone()
+            state[f"{name}.lora_B"] = layer.lora_B.detach()[k, :, :r].cpu().clone()
+        state["head"] = self.head.detach()[k, : self.tasks[k].num_labels].cpu().clone()
+        return state
+
+    @torch.no_grad()
+    def load_task_state(self, k: int, state: dict[str, torch.Tensor], scaling: dict[str, float] | None = None) -> None:
+        """Put `state` (as `task_state` returns, at any rank <= the slot's) into task k's slot; the unused
+        rank rows are zeroed. `scaling`: per-layer scale overrides (default alpha / r of the slot)."""
+        expected = {f"{n}.lora_{m}" for n in self.layer_names for m in "AB"} | {"head"}
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(f"task state for {self.tasks[k].name!r}: missing {missing[:3]}, unexpected {extra[:3]}")
+        for name, layer in self.routed_layers():
+            a, b = state[f"{name}.lora_A"], state[f"{name}.lora_B"]
+            if a.shape[0] > layer.lora_A.shape[1] or b.shape != (layer.lora_B.shape[1], a.shape[0]):
+                raise ValueError(f"{name}: factors {tuple(a.shape)}, {tuple(b.shape)} do not fit rank "
+                                 f"{layer.lora_A.shape[1]} of {self.tasks[k].name!r}")
+            layer.lora_A[k].zero_()
+            layer.lora_B[k].zero_()
+            layer.lora_A[k, : a.shape[0]] = a
+            layer.lora_B[k, :, : a.shape[0]] = b
+            if scaling is not None:
+                layer.scaling[k] = scaling[name]
+        head = state["head"]
+        if head.shape != (self.tasks[k].num_labels, self.head.shape[-1]):
+            raise ValueError(f"head {tuple(head.shape)} for {self.tasks[k].name!r}: expected "
+                             f"{(self.tasks[k].num_labels, self.head.shape[-1])}")
+        self.head[k].zero_()
+        self.head[k, : head.shape[0]] = head
+
+    def _peft_parts(self, peft_model: nn.Module, adapter: str) -> tuple[dict[str, nn.Module], nn.Linear]:
+        """A PEFT LoRA sequence classifier's LoRA layer for each of our layers, and its trainable head."""
+        lora = {n: m for n, m in peft_model.named_modules() if isinstance(getattr(m, "lora_A", None), nn.ModuleDict)}
+        layers = {}
+        for name in self.layer_names:
+            hits = [m for n, m in lora.items() if n.endswith("." + name)]
+            if len(hits) != 1:
+                raise ValueError(f"{len(hits)} PEFT LoRA layers end in {name!r}; expected one (same base and targets?)")
+            layers[name] = hits[0]
+        heads = [m for n, m in peft_model.named_modules() if n.rpartition(".")[2] in ("score", "classifier")
+                 and hasattr(m, "modules_to_save")]
+        if len(heads) != 1:
+            raise ValueError(f"found {len(heads)} trainable heads (score in modules_to_save) in the PEFT model")
+        return layers, heads[0].modules_to_save[adapter]
+
+    def load_peft_task(self, k: int, peft_model: nn.Module, adapter: str = "default") -> None:
+        """Copy a PEFT LoRA sequence classifier (same base, same targets) into task k's slot: its factors,
+        its per-layer scaling and its head (`score` in modules_to_save)."""
+        layers, head = self._peft_parts(peft_model, adapter)
+        state = {f"{n}.lora_{m}": getattr(layer, f"lora_{m}")[adapter].weight.detach()
+                 for n, layer in layers.items() for m in "AB"}
+        self.load_task_state(k, {**state, "head": head.weight.detach()},
+                             {n: float(layer.scaling[adapter]) for n, layer in layers.items()})
+
+    @torch.no_grad()
+    def export_peft_task(self, k: int, peft_model: nn.Module, adapter: str = "default") -> None:
+        """Copy task k into a PEFT LoRA classifier built with its rank, alpha and class count (the inverse
+        of `load_peft_task`): its `save_pretrained` then writes an adapter like any single-task run's."""
+        layers, head = self._peft_parts(peft_model, adapter)
+        state = self.task_state(k)
+        for name, layer in layers.items():
+            ours = float(self.backbone.get_submodule(name).scaling[k])
+            if not math.isclose(float(layer.scaling[adapter]), ours, rel_tol=1e-6):
+                raise ValueError(f"{name}: PEFT scaling {layer.scaling[adapter]} != task {self.tasks[k].name!r}'s {ours}; "
+                                 "build the PEFT model with the task's r and alpha")
+            layer.lora_A[adapter].weight.copy_(state[f"{name}.lora_A"])  # copy_ raises on a rank mismatch
+            layer.lora_B[adapter].weight.copy_(state[f"{name}.lora_B"])
+        head.weight.copy_(state["head"])
+
+
+class TaskOptimizers:
+    """Per task: AdamW over its own slices, linear warm-up/decay schedule, clipping by its own norm.
+
+    The views of `task_parameters` get their gradients as slices of the stacked gradients, linked once
+    and then zeroed in place after every step (so backward accumulates into the same tensors and no
+    per-step relinking of hundreds of tensors is needed). Build after `MultiTaskLoRA.place`.
+    """
+
+    def __init__(
+        self,
+        model: MultiTaskLoRA,
+        *,
+        total_steps: int | Sequence[int],
+        lr: float | Sequence[float] = TrainConfig.lr,  # the single-task default
+        weight_decay: float = TrainConfig.weight_decay,  # the single-task default
+        warmup_steps: int | Sequence[int] = 0,  # callers derive it from TrainConfig.warmup_ratio per task
+        max_grad_norm: float | None = TrainConfig.max_grad_norm,  # per task, as each single-task run clips
+    ) -> None:
+        num_tasks = len(model.tasks)
+        self.max_grad_norm = max_grad_norm or None
+        self._stacked = model.stacked_parameters()
+        self._linked: list[torch.Tensor | None] = [None] * len(self._stacked)
+        self.views = [model.task_parameters(k) for k in range(num_tasks)]
+        device = self._stacked[0].device
+        # As TorchBackend: one fused kernel per task on GPU; foreach=False on CPU for identical numerics.
+        fast = {"fused": True} if device.type == "cuda" else {"foreach": False}
+        lrs, warm, total = (_per_task(v, num_tasks, n) for v, n in
+                            ((lr, "lr"), (warmup_steps, "warmup_steps"), (total_steps, "total_steps")))
+        self.optimizers = [torch.optim.AdamW(self.views[k], lr=lrs[k], weight_decay=weight_decay, **fast)
+                           for k in range(num_tasks)]
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup_decay(int(w), int(t)))
+                           for opt, w, t in zip(self.optimizers, warm, total, strict=True)]
+
+    def _link(self) -> None:
+        for i, stacked in enumerate(self._stacked):
+            grad = stacked.grad
+            if grad is self._linked[i]:
+                continue  # the usual case: backward accumulated into the linked tensor
+            for k, views in enumerate(self.views):
+                if grad is not None and views[i].data_ptr() != stacked.detach()[k].data_ptr():
+                    raise RuntimeError("the model was moved after TaskOptimizers was built; build it after place()")
+                views[i].grad = None if grad is None else grad[k]
+            self._linked[i] = grad
+
+    def step(self) -> None:
+        """Clip, step and schedule every task on its own gradient, then zero the gradients in place."""
+        self._link()
+        for views, opt, sched in zip(self.views, self.optimizers, self.schedulers, strict=True):
+            if self.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(views, self.max_grad_norm)
+            opt.step()
+            sched.step()
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=False)  # in place: the stacked gradients stay linked to the views
+
+    def current_lr(self, k: int) -> float:
+        return float(self.schedulers[k].get_last_lr()[0])
+
+
+def _per_task(value: float | Sequence[float], num_tasks: int, what: str) -> list[float]:
+    values = [value] * num_tasks if isinstance(value, (int, float)) else list(value)
+    if len(values) != num_tasks:
+        raise ValueError(f"TaskOptimizers.{what}: {len(values)} values for {num_tasks} tasks")
+    return values
