@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lingo_core.startup import StartupClock
 from orchestrator import journal, tracking
 
 # Worker-group restarts per trial (a killed worker, a raised error) come from the job's `max_failures`
@@ -46,6 +47,8 @@ def trial_config(job: Any, config: dict, trial_id: str) -> Any:
 
 def run_trial(config: dict, ctx: SweepContext) -> None:
     # Ray and torch (through worker) only in a trial process, for the reason in trial_config
+    clock = StartupClock()
+    clock.mark("entry")  # before the imports: they are part of a trial's start-up too
     import ray.tune
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -75,6 +78,7 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
             "trial": {"trial_id": trial_id, "task": cell["task"], "method": cell["method"], "seed": cell["seed"],
                       "budget": cell.get("budget") or {}, "grid": cell.get("grid") or {},
                       "search": config.get("params") or {}},
+            "startup": clock.marks,  # the worker continues this clock (startup/<phase>_s metrics)
         },
         scaling_config=ScalingConfig(num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0,
                                      resources_per_worker=per_worker),
