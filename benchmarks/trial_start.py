@@ -4,8 +4,8 @@ Runs a real one-trial `lingo tune` (a local Ray, Tune, Ray Train, DeepSpeed or t
 sqlite) on a real shared task with a few steps, then reads the trial's start-up phases back from its MLflow
 run (`startup/<phase>_s`, logged by the worker from lingo_core.startup.StartupClock marks):
 
-    entry (trial driver) -> worker_start -> imports -> backend_built -> data -> tokenized -> model
-                         -> backend_ready -> first_step
+    entry -> driver_ready (trial driver) -> worker_start (the worker group is up, its module imported)
+          -> imports -> backend_built -> data -> tokenized -> model -> backend_ready -> first_step
 
 warm: the de-quantised base weights are in the cache (built by this script before the sweep, outside the
 timing), as for every trial after a machine's first. --cold: an empty cache folder (LINGO_CACHE_DIR, so the
@@ -70,22 +70,23 @@ ray: {{num_cpus: 2}}
 """
 
 
-def read_startup(tracking_uri: str) -> dict[str, float]:
-    """The `startup/<phase>_s` metrics of the sweep's one trial run, in the order the phases happen."""
+def read_startup(tracking_uri: str, out_dir: Path) -> dict[str, float]:
+    """The `startup/<phase>_s` metrics of the sweep's one trial run, in the order the phases happened (that
+    of the trial's result.json, which holds the same numbers: MLflow keeps no order)."""
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient(tracking_uri)
     runs = [r for e in c.search_experiments() for r in c.search_runs([e.experiment_id])
             if "startup/total_s" in r.data.metrics]
-    if len(runs) != 1:
-        raise RuntimeError(f"expected one trial run with startup metrics in {tracking_uri}, found {len(runs)}")
-    metrics = runs[0].data.metrics
-    phases = {k[len("startup/"):-len("_s")]: v for k, v in metrics.items() if k.startswith("startup/")}
-    return dict(sorted(phases.items(), key=lambda kv: (kv[0] == "total", _ORDER.get(kv[0], len(_ORDER)))))
-
-
-_ORDER = {name: i for i, name in enumerate(["worker_start", "imports", "backend_built", "data", "tokenized",
-                                             "model", "backend_ready", "first_step"])}
+    results = sorted(out_dir.rglob("result.json"))
+    if len(runs) != 1 or len(results) != 1:
+        raise RuntimeError(f"expected one trial: {len(runs)} MLflow run(s) with startup metrics in {tracking_uri}, "
+                           f"{len(results)} result.json under {out_dir}")
+    order = list(json.loads(results[0].read_text())["startup_s"])
+    logged = {k[len("startup/"):-len("_s")]: v for k, v in runs[0].data.metrics.items() if k.startswith("startup/")}
+    if set(order) != set(logged):
+        raise RuntimeError(f"MLflow has startup phases {sorted(logged)}, result.json {order}")
+    return {phase: logged[phase] for phase in order}
 
 
 def prime_cache(model: str, env: dict[str, str]) -> float:
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
         if done.returncode != 0:
             sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
             raise SystemExit(f"lingo tune failed with exit status {done.returncode}")
-        phases = read_startup(f"sqlite:///{Path(tmp) / 'runs' / 'mlflow.db'}")
+        phases = read_startup(f"sqlite:///{Path(tmp) / 'runs' / 'mlflow.db'}", Path(tmp) / "runs")
         return {
             "mode": mode,
             "deepspeed": args.deepspeed,

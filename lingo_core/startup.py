@@ -1,9 +1,11 @@
 """Where a trial's start-up seconds go: named wall-clock marks from the trial's entry to its first
 optimizer step, across processes.
 
-    trial driver             worker process                    train()
-    entry ------------------> worker_start, imports, backend --> data, tokenized, model, backend_ready,
-                                                                 first_step
+    trial driver            Ray Train worker                         train()
+    entry, driver_ready --> worker_start, imports, backend_built --> data, tokenized, model,
+                                                                     backend_ready, first_step
+
+(the names are the callers': orchestrator/trial.py, orchestrator/worker.py, lingo_core/train/trainer.py)
 
 A mark is `time.time()`, not a monotonic clock: the marks are taken in different processes (the Tune
 trial driver, then a Ray Train worker) and `time.time()` is the one clock they share on one machine. A

@@ -65,6 +65,7 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
         c, ctx.experiment_id, ctx.parent_run_id, trial_id,
         run_name=f"{cell['task']}/{cell['method']}/seed{cell['seed']}/{trial_id}",
         tags={"task": cell["task"], "method": cell["method"], "seed": str(cell["seed"])}), TRACKING_WAIT_S)
+    clock.mark("driver_ready")  # Ray's imports, the TrainConfig and the MLflow child run: the driver's share
     res = job.resources
     per_worker = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker > 0:
