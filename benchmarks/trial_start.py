@@ -78,15 +78,23 @@ def read_startup(tracking_uri: str, out_dir: Path) -> dict[str, float]:
     c = MlflowClient(tracking_uri)
     runs = [r for e in c.search_experiments() for r in c.search_runs([e.experiment_id])
             if "startup/total_s" in r.data.metrics]
-    results = sorted(out_dir.rglob("result.json"))
-    if len(runs) != 1 or len(results) != 1:
+    # the run folder's result.json and its copies (the journal's snapshot, MLflow's artifact store)
+    orders = {tuple(_startup_of(p)) for p in out_dir.rglob("result.json") if _startup_of(p)}
+    if len(runs) != 1 or len(orders) != 1:
         raise RuntimeError(f"expected one trial: {len(runs)} MLflow run(s) with startup metrics in {tracking_uri}, "
-                           f"{len(results)} result.json under {out_dir}")
-    order = list(json.loads(results[0].read_text())["startup_s"])
+                           f"{len(orders)} distinct startup_s in the result.json files under {out_dir}")
+    order = list(orders.pop())
     logged = {k[len("startup/"):-len("_s")]: v for k, v in runs[0].data.metrics.items() if k.startswith("startup/")}
     if set(order) != set(logged):
         raise RuntimeError(f"MLflow has startup phases {sorted(logged)}, result.json {order}")
     return {phase: logged[phase] for phase in order}
+
+
+def _startup_of(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()).get("startup_s") or {}
+    except (ValueError, AttributeError):  # Tune's result.json under ray/ is JSON lines, not one object
+        return {}
 
 
 def prime_cache(model: str, env: dict[str, str]) -> float:
