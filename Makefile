@@ -5,8 +5,10 @@
 # real SmolLM2 (pytest -m "not integration"; markers in pyproject.toml)
 .PHONY: run test test-unit setup lint
 
+# The main job: jobs/main_gpu.yaml with a CUDA GPU, else jobs/default.yaml (scripts/main_job.sh decides;
+# `&&`: a failing check stops here instead of running `lingo tune` without a job)
 run: setup
-	.venv/bin/lingo tune jobs/default.yaml
+	job=$$(bash scripts/main_job.sh) && .venv/bin/lingo tune $$job
 
 # --durations=20: the 20 slowest tests close the log, so CI time can be traced to its tests
 test: setup

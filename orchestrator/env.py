@@ -20,9 +20,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FORWARD_ENV = ("LINGO_DATA_ROOT", "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HOME", "HF_HUB_OFFLINE",
                "TOKENIZERS_PARALLELISM", "MLFLOW_DISABLE_TELEMETRY", "RAY_TRAIN_V2_ENABLED",
                "LINGO_FAULT_KILL_AFTER_CHECKPOINT", "LINGO_FAULT_FAIL_TASK", "OMP_NUM_THREADS",
-               "LINGO_TRACKING_WAIT_S", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+               "LINGO_TRACKING_WAIT_S", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
+               "LINGO_CACHE_DIR", "XDG_CACHE_HOME")
 """Variables `lingo tune` forwards from its own environment to the workers when set (they win over the
-defaults): the driver's machine is the one the user configured."""
+defaults): the driver's machine is the one the user configured. LINGO_CACHE_DIR / XDG_CACHE_HOME: the
+de-quantised base weights' cache (lingo_core.modeling.dense_ref), built once per machine and read by
+every trial, so the workers must look where the driver does."""
 
 SUBMIT_FORWARD_ENV = ("LINGO_DATA_ROOT",)
 """Variables `lingo submit` forwards from the submitting machine: only the data mount, whose path is the

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lingo_core.startup import StartupClock
 from orchestrator import journal, tracking
 
 # Worker-group restarts per trial (a killed worker, a raised error) come from the job's `max_failures`
@@ -43,9 +44,11 @@ def trial_config(job: Any, config: dict, trial_id: str) -> Any:
     return cfg
 
 
-def worker_config(job: Any, config: dict, cfg: Any, trial_id: str, tracking_uri: str, run_id: str) -> dict:
+def worker_config(job: Any, config: dict, cfg: Any, trial_id: str, tracking_uri: str, run_id: str,
+                  startup: dict[str, float] | None = None) -> dict:
     """What every Train worker of the trial gets (train_worker_fn's config): the resolved TrainConfig and
-    DeepSpeedSettings themselves, which Ray pickles and each worker uses as they are (never rebuilt)."""
+    DeepSpeedSettings themselves, which Ray pickles and each worker uses as they are (never rebuilt), and
+    the driver's start-up marks, which the worker's StartupClock continues (startup/<phase>_s metrics)."""
     from orchestrator.worker import DeepSpeedSettings  # torch, for the reason in trial_config
 
     cell = config["cell"]
@@ -53,11 +56,14 @@ def worker_config(job: Any, config: dict, cfg: Any, trial_id: str, tracking_uri:
             "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id},
             "trial": {"trial_id": trial_id, "task": cell["task"], "method": cell["method"], "seed": cell["seed"],
                       "budget": cell.get("budget") or {}, "grid": cell.get("grid") or {},
-                      "search": config.get("params") or {}}}
+                      "search": config.get("params") or {}},
+            "startup": startup}
 
 
 def run_trial(config: dict, ctx: SweepContext) -> None:
     # Ray and torch (through worker) only in a trial process, for the reason in trial_config
+    clock = StartupClock()
+    clock.mark("entry")  # before the imports: they are part of a trial's start-up too
     import ray.tune
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -74,13 +80,14 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
         c, ctx.experiment_id, ctx.parent_run_id, trial_id,
         run_name=f"{cell['task']}/{cell['method']}/seed{cell['seed']}/{trial_id}",
         tags={"task": cell["task"], "method": cell["method"], "seed": str(cell["seed"])}), TRACKING_WAIT_S)
+    clock.mark("driver_ready")  # Ray's imports, the TrainConfig and the MLflow child run: the driver's share
     res = job.resources
     per_worker = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker > 0:
         per_worker["GPU"] = res.gpus_per_worker
     trainer = TorchTrainer(
         train_worker_fn,
-        train_loop_config=worker_config(job, config, cfg, trial_id, ctx.tracking_uri, run_id),
+        train_loop_config=worker_config(job, config, cfg, trial_id, ctx.tracking_uri, run_id, clock.marks),
         scaling_config=ScalingConfig(num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(

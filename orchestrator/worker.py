@@ -23,6 +23,7 @@ from torch import nn
 from lingo_core.method_names import RANK_METHODS
 from lingo_core.run_folder import WrittenRun, write_result
 from lingo_core.selection import SELECTION
+from lingo_core.startup import StartupClock
 from lingo_core.train.backend import TorchBackend, linear_warmup_decay
 from lingo_core.tuners.ars.shards import Shard, ShardAccess, WholeParams
 from orchestrator.jobspec import DeepSpeedSpec
@@ -379,7 +380,8 @@ def _log_result(logger: _RunLogger, result: Any, written: WrittenRun) -> None:
                     **{f"best_dev_{k}": v for k, v in result.dev_metrics.items()},
                     "best_step": result.best_step, "total_steps": result.total_steps,
                     "trainable_params": result.trainable_params, "trainable_fraction": result.trainable_fraction,
-                    "num_test_evals": result.num_test_evals, "wall_time_s": result.wall_time_s},
+                    "num_test_evals": result.num_test_evals, "wall_time_s": result.wall_time_s,
+                    **startup_metrics(result.startup_s)},
                    result.total_steps)
     logger.tags({f"base_model.{k}": v for k, v in result.model_identity.items() if v is not None})
     logger.artifacts(written.entries())
@@ -394,6 +396,11 @@ def _log_result(logger: _RunLogger, result: Any, written: WrittenRun) -> None:
                   "the run keeps its adapter/ artifact")
 
 
+def startup_metrics(startup_s: dict[str, float]) -> dict[str, float]:
+    """TrainResult.startup_s as MLflow metrics: `startup/<phase>_s` (benchmarks/trial_start.py reads them)."""
+    return {f"startup/{phase}_s": seconds for phase, seconds in startup_s.items()}
+
+
 def build_backend(cfg: Any, settings: DeepSpeedSettings) -> DeepSpeedBackend | TorchBackend:
     """The trial's backend: DeepSpeed with the trial's settings, or with `enabled: false` the plain
     single-process TorchBackend on this worker's device (job validation allows that with one worker only)."""
@@ -405,12 +412,15 @@ def build_backend(cfg: Any, settings: DeepSpeedSettings) -> DeepSpeedBackend | T
 def train_worker_fn(config: dict) -> None:
     """Ray Train per-worker function. config (built by orchestrator/trial.py, which resolves both objects
     once): {"train": the trial's TrainConfig, "deepspeed": its DeepSpeedSettings, "mlflow": {"tracking_uri",
-    "run_id"} | None, "trial": {...} (logged as params)}."""
+    "run_id"} | None, "trial": {...} (logged as params), "startup": the trial driver's StartupClock marks}."""
+    clock = StartupClock(config.get("startup"))
+    clock.mark("worker_start")
     import ray.train
 
     from lingo_core.train import TrainConfig, TrainHooks, train
     from lingo_core.train.checkpoint import resume_point
 
+    clock.mark("imports")
     cfg: TrainConfig = config["train"]
     ctx = ray.train.get_context()
     rank, local_rank = ctx.get_world_rank(), ctx.get_local_rank()
@@ -418,6 +428,7 @@ def train_worker_fn(config: dict) -> None:
     if os.environ.get(FAIL_TASK_ENV) and os.environ[FAIL_TASK_ENV] == trial.get("task"):
         raise RuntimeError(f"{FAIL_TASK_ENV}={trial['task']}: injected start-up failure")
     backend = build_backend(cfg, config["deepspeed"])
+    clock.mark("backend_built")  # DeepSpeed: its import and the process group (init_distributed)
     ml = config.get("mlflow") or None
 
     checkpoint = ray.train.get_checkpoint()
@@ -439,7 +450,7 @@ def train_worker_fn(config: dict) -> None:
                 logger.tags({"lingo.resumed_from_step": resumed_step})
         try:
             result = train(cfg, backend, TrainHooks(on_log=hooks.on_log, on_evaluate=hooks.on_evaluate),
-                           resume_from=resume)
+                           resume_from=resume, clock=clock)
         except BaseException:
             if logger is not None:
                 logger.tags({"lingo.error_rank0": "train() raised; see the Ray trial log"})

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from lingo_core.run_folder import RunFolder
 from lingo_core.selection import SELECTION
+from lingo_core.startup import StartupClock
 from lingo_core.train.backend import TorchBackend, TrainBackend, check_backend
 from lingo_core.train.checkpoint import ResumePoint, load_checkpoint, save_checkpoint
 from lingo_core.train.config import TrainConfig
@@ -74,6 +75,9 @@ class TrainResult:
     model_identity: dict[str, Any]
     wall_time_s: float
     config: dict[str, Any] = field(default_factory=dict)
+    # StartupClock.phases() of the run: seconds to reach each start-up mark, up to the first optimizer step
+    # (empty when train() was given no clock)
+    startup_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -165,6 +169,11 @@ def _autocast(backend) -> contextlib.AbstractContextManager:
     return fn() if fn is not None else contextlib.nullcontext()
 
 
+def _mark(clock: StartupClock | None, name: str, device: torch.device | None = None) -> None:
+    if clock is not None:
+        clock.mark(name, device)
+
+
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -195,7 +204,10 @@ def train(
     backend: TrainBackend | None = None,
     hooks: TrainHooks | None = None,
     resume_from: ResumePoint | str | Path | None = None,
+    clock: StartupClock | None = None,
 ) -> TrainResult:
+    """Train `cfg` on `backend` (plain PyTorch when None). `clock`: the caller's start-up marks, continued
+    here with data, tokenized, model, backend_ready and first_step (lingo_core/startup.py)."""
     from lingo_core.modeling import load_classifier, load_tokenizer, model_identity, resolve_model
     from lingo_core.tokenization import TEMPLATE, LingoTokenizer, suggest_max_length
     from lingo_core.tuners.methods import build_model
@@ -207,12 +219,14 @@ def train(
     rank, world = backend.rank, backend.world_size
     folder = RunFolder(Path(cfg.output_dir))  # the layout's one owner: lingo_core/run_folder.py
     spec, tables, split_rows = _prepare_data(cfg)
+    _mark(clock, "data")
     ref = resolve_model(cfg.model)
     if rank == 0:  # only once the task, its data and the model are known to exist: a bad name leaves nothing
         folder.root.mkdir(parents=True, exist_ok=True)
     max_length = cfg.max_length or suggest_max_length(spec.seq_len_bp, cfg.tokenization)
     tok = LingoTokenizer(load_tokenizer(ref), mode=cfg.tokenization, max_length=max_length)
     data = {s: tok.encode_table(t, spec.description) for s, t in tables.items()}
+    _mark(clock, "tokenized")
     n_train = len(data["train"])
     total_steps = cfg.total_steps(n_train, world)
     spe = cfg.steps_per_epoch(n_train, world)
@@ -221,6 +235,7 @@ def train(
     torch.manual_seed(cfg.seed)  # the classification head and adapter inits are random
     raw = load_classifier(ref, spec.num_labels)
     raw, controller = build_model(raw, settings, total_steps, cfg.seed)
+    _mark(clock, "model")
     params = [p for p in raw.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     n_total = sum(p.numel() for p in raw.parameters())
@@ -228,6 +243,7 @@ def train(
                             warmup_steps=cfg.warmup_steps(total_steps), total_steps=total_steps)
     if controller is not None:  # after prepare: the controller's state lives where the model now is
         controller.bind(backend.shard_access(controller.params))
+    _mark(clock, "backend_ready", backend.device)  # synced: prepare's copies to the GPU are done
 
     size = cfg.eval_batch
     eval_loaders = {s: _loader(data[s], [list(range(i, min(i + size, len(data[s])))) for i in range(0, len(data[s]), size)],
@@ -285,6 +301,8 @@ def train(
                 continue
             step += 1
             bar.update(1)
+            if clock is not None and not clock.has("first_step"):
+                clock.mark("first_step", backend.device)  # synced: the step's GPU work, not its launch
             if controller is not None:
                 controller.allocate(step)
             if step % cfg.log_every == 0 or step == total_steps:  # the only host reads of the step
@@ -331,4 +349,5 @@ def train(
         total_params=n_total, trainable_fraction=n_trainable / n_total, total_steps=total_steps,
         num_dev_evals=n_dev_evals, num_test_evals=n_test_evals, artifact_dir=artifact_dir, model_identity=identity,
         wall_time_s=time.perf_counter() - t0, config={**cfg.to_dict(), "adapter": dataclasses.asdict(settings),
-                                                      "max_length": max_length})
+                                                      "max_length": max_length},
+        startup_s=clock.phases() if clock is not None else {})

@@ -81,6 +81,8 @@ def test_sweep_end_to_end(tmp_path: Path, tiny_model_dir: Path, gue_root: Path, 
         assert -1 <= m["test_mcc"] <= 1 and m["num_test_evals"] == 1
         assert m["best_dev_mcc"] == max(x.value for x in dev)
         assert "base_model.sha256" in k.data.tags
+        # start-up phases, from the trial driver's entry (trial.py) through the worker to the first step
+        assert {"startup/driver_ready_s", "startup/worker_start_s", "startup/first_step_s", "startup/total_s"} <= set(m)
         arts = {a.path for a in c.list_artifacts(rid, "adapter")} | {a.path for a in c.list_artifacts(rid, "plots")}
         assert {"adapter/lingo.json", "adapter/head.safetensors", "plots/confusion_matrix.png"} <= arts
         if method == "ars":

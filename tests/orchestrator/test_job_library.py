@@ -4,9 +4,12 @@ before a sweep), the library jobs say what they promise, and every command's --h
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from orchestrator.cli import main as lingo
 from orchestrator.validate import load_job
@@ -32,7 +35,7 @@ def test_every_job_validates_with_dry_run(path: Path, capsys) -> None:
 
 
 def test_library_jobs_exist() -> None:
-    assert LIBRARY | {"default", "quality_gpu", "lr_select_gpu"} <= {p.stem for p in JOBS}
+    assert LIBRARY | {"default", "main_gpu", "quality_gpu", "lr_select_gpu"} <= {p.stem for p in JOBS}
 
 
 def test_smoke_is_tiny() -> None:
@@ -88,3 +91,30 @@ def test_subcommand_help_is_complete(argv: list[str], options: list[str], capsys
     assert out.startswith(f"usage: lingo {' '.join(argv)}")
     for option in options:
         assert option in out, (argv, option)
+
+
+def test_main_gpu_is_the_gpu_sized_main_job() -> None:
+    """What `make run` runs on a GPU machine: several shared tasks on their whole training splits, a few
+    methods with the learning rates chosen on GPU, 8 trials sharing one GPU."""
+    job = load_job(REPO_ROOT / "jobs" / "main_gpu.yaml")
+    assert job.tasks == ["prom_300_all", "prom_core_all", "tf/0", "EMP/H3"] and job.methods == ["ars", "lora"]
+    assert job.seeds == [0] and job.num_samples == 1
+    assert job.train.get("max_train_samples") is None and job.train.get("max_eval_samples") is None  # whole splits
+    assert (job.train["max_steps"], job.train["batch_size"], job.train["eval_every"]) == (600, 32, 100)
+    assert job.resources.gpus_per_worker == 0.125 and job.scheduler.type == "fifo"
+    assert job.search["ars"] == {"lr": 1.0e-3, "adapter.sampling": "uniform"} and job.search["lora"] == {"lr": 1.0e-3}
+
+
+def test_make_run_picks_the_cpu_job_without_a_gpu() -> None:
+    """scripts/main_job.sh on this CPU-only machine (the test's own interpreter stands for .venv's)."""
+    done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "main_job.sh")], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "LINGO_PYTHON": sys.executable}, check=True)
+    assert done.stdout.strip() == ("jobs/main_gpu.yaml" if torch.cuda.is_available() else "jobs/default.yaml")
+    assert (REPO_ROOT / done.stdout.strip()).is_file()
+    assert "$(bash scripts/main_job.sh)" in (REPO_ROOT / "Makefile").read_text()  # what `make run` runs
+
+
+def test_main_job_check_fails_loudly_without_torch(tmp_path: Path) -> None:
+    done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "main_job.sh")], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "LINGO_PYTHON": str(tmp_path / "no-python")})
+    assert done.returncode != 0 and done.stdout == "" and "make setup" in done.stderr
