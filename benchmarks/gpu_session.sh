@@ -50,8 +50,9 @@ case "${1:-}" in
   start)
     [ -f $GGUF ] || cold
     bash .device/install.sh .device || exit 5
-    python3 benchmarks/trial_start.py --device cuda --model $GGUF --cold --out "$OUT/trial_start_cold.json"
-    python3 benchmarks/trial_start.py --device cuda --model $GGUF --out "$OUT/trial_start.json"  # dense cache warm
+    for flags in --cold "" --no-deepspeed; do  # runs.cold, runs.warm, runs.warm_no_deepspeed of one file
+      python3 benchmarks/trial_start.py --device cuda --model $GGUF $flags --out "$OUT/trial_start.json"
+    done
     ;;
   scaling)
     bash .device/install.sh .device || exit 5

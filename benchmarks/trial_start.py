@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     key = result["mode"] if args.deepspeed else f"{result['mode']}_no_deepspeed"
     report.setdefault("runs", {})[key] = result
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    tmp = out.with_suffix(".json.tmp")  # a cut-off run leaves the previous file whole
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(out)
     print(f"{key}: entry -> first optimizer step {result['entry_to_first_step_s']:.1f} s; "
           + ", ".join(f"{k} {v:.1f}" for k, v in result["phases_s"].items() if k != "total") + f"  -> {out}")
     return 0
