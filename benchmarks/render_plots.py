@@ -238,69 +238,53 @@ def _mutations(data: Data, fig: Figure) -> None:
     ax.set_title(f"Deliberate breakages of the method: {caught} of {len(rows)} caught", fontsize=10)
 
 
-def _phase_table(data: Data) -> dict[str, dict[str, float]]:
-    """{run label: {phase: seconds}} from `phases` (a dict, or per-run dicts under rows/runs) or phase rows."""
-    def seconds(v: object) -> float | None:
-        if isinstance(v, dict):
-            v = next((v[k] for k in ("seconds", "s", "median_s", "mean_s") if k in v), None)
-        return _num(v)
-
-    if isinstance(data.get("phases"), dict):
-        return {"trial": {p: s for p, v in data["phases"].items() if (s := seconds(v)) is not None}}
-    rows = _rows(data, "rows", "runs", "trials", "phases")
-    if all(isinstance(r.get("phases"), dict) for r in rows):
-        return {str(r.get("label", r.get("name", r.get("mode", i)))):
-                {p: s for p, v in r["phases"].items() if (s := seconds(v)) is not None} for i, r in enumerate(rows)}
-    name = next((k for k in ("phase", "name", "step") if all(k in r for r in rows)), None)
-    if name is None:
-        raise Unplottable(f"rows have no phase/name key: {sorted(rows[0])}")
-    sec = _key(rows, ("seconds", "s", "median_s", "mean_s"), ("_s",))
-    return {"trial": {str(r[name]): float(r[sec]) for r in rows if _num(r.get(sec)) is not None}}
-
-
 def _trial_start(data: Data, fig: Figure) -> None:
-    """Where a trial's start-up time goes: a stacked bar of seconds per phase, one bar per run."""
-    table = {k: v for k, v in _phase_table(data).items() if v}
-    if not table:
-        raise Unplottable("no phase with a number of seconds")
+    """Where a trial's start-up time goes (trial_start.py's `runs`: {run: {"phases_s": {phase: s}}}): a
+    stacked bar of seconds per phase, one bar per run, the GPU goal as a line."""
+    runs = data.get("runs")
+    if not isinstance(runs, dict) or not runs:
+        raise Unplottable(f"no runs; top-level keys: {sorted(data)}")
+    table = {name: {p: float(v) for p, v in r["phases_s"].items() if p != "total"} for name, r in runs.items()}
     phases = list(dict.fromkeys(p for v in table.values() for p in v))
     ax = fig.subplots()
     left = [0.0] * len(table)
+    widest = max(sum(v.values()) for v in table.values())
     for i, p in enumerate(phases):
         widths = [v.get(p, 0.0) for v in table.values()]
         bars = ax.barh(list(table), widths, left=left, label=p, color=f"C{i % 10}")
-        ax.bar_label(bars, labels=[f"{w:.1f}" if w >= 0.05 * max(sum(v.values()) for v in table.values()) else ""
-                                   for w in widths], label_type="center", fontsize=7)
+        ax.bar_label(bars, labels=[f"{w:.1f}" if w >= 0.05 * widest else "" for w in widths],
+                     label_type="center", fontsize=7)
         left = [a + b for a, b in zip(left, widths, strict=True)]
-    ax.set_xlabel("seconds")
-    ax.set_title("Trial start-up by phase: " + ", ".join(f"{k} {sum(v.values()):.1f} s" for k, v in table.items()),
-                 fontsize=10)
-    ax.legend(fontsize=7, ncol=min(4, len(phases)), loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    if _num(data.get("target_gpu_s")) is not None:
+        ax.axvline(data["target_gpu_s"], color="0.3", linestyle="--", label=f"GPU goal {data['target_gpu_s']:g} s")
+    ax.set_xlabel("seconds from the trial's entry")
+    ax.set_title(f"Trial start-up by phase on {data.get('device_name', data.get('device'))}: "
+                 + ", ".join(f"{k} {sum(v.values()):.1f} s" for k, v in table.items()), fontsize=9)
+    ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.18))
 
 
 def _packing(data: Data, fig: Figure) -> None:
-    """Aggregate samples/s per group size of packed trials, against running the trials one after another."""
-    rows = _rows(data, "groups", "rows")
-    size = _key(rows, ("group_size", "trials", "trials_per_group", "size", "procs", "k"), ("group", "size"))
-    rate = _key(rows, ("aggregate_samples_per_s", "samples_per_s", "throughput"), ("samples_per_s",))
-    packed = sorted((r for r in rows if _num(r.get(size)) is not None and _num(r.get(rate)) is not None
-                     and r.get("mode", "packed") != "sequential"), key=lambda r: r[size])
-    if not packed:
-        raise Unplottable(f"no row with both {size} and {rate}")
-    # the sequential baseline: a top-level number, a top-level row, or a row of mode "sequential"
-    s = data.get("sequential", {})
-    seq = _num(data.get("sequential_samples_per_s")) or (_num(s.get(rate, s.get("samples_per_s")))
-                                                         if isinstance(s, dict) else _num(s))
-    seq = seq or next((float(r[rate]) for r in rows if r.get("mode") == "sequential"), None)
+    """packing.py: steady-state aggregate samples/s per group size (packed[G]["aggregate_samples_per_s"];
+    an out-of-memory group size is marked), against the same tasks one after another."""
+    packed = data.get("packed")
+    seq = data.get("sequential", {})
+    if not isinstance(packed, dict) or not isinstance(seq, dict) or "aggregate_samples_per_s" not in seq:
+        raise Unplottable(f"no packed / sequential results; top-level keys: {sorted(data)}")
+    labels, rates, failed = ["1 (sequential)"], [float(seq["aggregate_samples_per_s"])], []
+    for g, r in sorted(packed.items(), key=lambda kv: int(kv[0])):
+        if _num(r.get("aggregate_samples_per_s")) is None:
+            failed.append(g)
+            continue
+        labels.append(g)
+        rates.append(float(r["aggregate_samples_per_s"]))
     ax = fig.subplots()
-    bars = ax.bar([str(r[size]) for r in packed], [r[rate] for r in packed], label="packed")
-    ax.bar_label(bars, fmt="%.0f", fontsize=8)
-    if seq is not None:
-        ax.axhline(seq, color="0.3", linestyle="--", label=f"sequential ({seq:.0f})")
-    ax.set_xlabel(size.replace("_", " "))
-    ax.set_ylabel(rate.replace("_per_s", "/s").replace("_", " "))
-    ax.set_title(f"Packed trials on {data.get('device', data.get('device_name', 'GPU'))}", fontsize=10)
-    ax.legend(fontsize=8)
+    bars = ax.bar(labels, rates, color=["0.6"] + ["C0"] * (len(rates) - 1))
+    ax.bar_label(bars, labels=[f"{v:.0f}" + (f" ({v / rates[0]:.2f}x)" if i else "") for i, v in enumerate(rates)],
+                 fontsize=8)
+    ax.set_xlabel("tasks per packed group (G)" + (f"; G={', '.join(failed)}: out of memory" if failed else ""))
+    ax.set_ylabel("steady-state training samples/s, all tasks")
+    ax.set_title(f"{len(data.get('tasks', []))} tasks' LoRA adapters on one frozen base, "
+                 f"{data.get('device_name', data.get('device'))}", fontsize=10)
 
 
 def _scaling(data: Data, fig: Figure) -> None:

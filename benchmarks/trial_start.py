@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     if report.get("device") != args.device:
         report = {}  # another device's file: start it afresh rather than mixing machines
     report.update(target_gpu_s=TARGET_GPU_S, device=args.device, device_name=device_name(args.device, env), task=TASK, steps=STEPS,
-                  model=args.model, versions=versions())
+                  model=args.model, versions=versions(),
+                  date=result["date"], commit=result["commit"])  # of the latest run; each run keeps its own
     key = result["mode"] if args.deepspeed else f"{result['mode']}_no_deepspeed"
     report.setdefault("runs", {})[key] = result
     out.parent.mkdir(parents=True, exist_ok=True)
