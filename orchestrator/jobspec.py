@@ -43,6 +43,14 @@ class JobSpecError(ValueError):
         super().__init__(f"{source}: {where}{message}")
 
 
+def at_least(spec: Any, low: int, *names: str, optional: bool = False) -> None:
+    """FieldError for the first of `spec`'s fields `names` below `low`; optional: None ("not set") passes."""
+    for name in names:
+        value = getattr(spec, name)
+        if not (optional and value is None) and value < low:
+            raise FieldError(name, f"must be >= {low}, got {value}")
+
+
 DIST_KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
 
 
@@ -105,10 +113,7 @@ class BudgetSpec:
     """Average rank kept after the pruning schedule."""
 
     def __post_init__(self) -> None:
-        if self.init_r < 1:
-            raise FieldError("init_r", f"must be >= 1, got {self.init_r}")
-        if self.target_r < 1:
-            raise FieldError("target_r", f"must be >= 1, got {self.target_r}")
+        at_least(self, 1, "init_r", "target_r")
         if self.target_r > self.init_r:
             raise FieldError("target_r", f"target_r={self.target_r} exceeds init_r={self.init_r}; "
                              "pruning can only lower the rank")
@@ -132,11 +137,8 @@ class SchedulerSpec:
             if getattr(self, name) != rule:
                 raise FieldError(name, f"expected {rule!r}, got {getattr(self, name)!r}: trials, checkpoints "
                                  f"and champions are all selected by {SELECTION.dev_key} ({SELECTION.mode})")
-        for name in ("grace_period", "max_t"):
-            if getattr(self, name) < 1:
-                raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
-        if self.reduction_factor < 2:
-            raise FieldError("reduction_factor", f"must be >= 2, got {self.reduction_factor}")
+        at_least(self, 1, "grace_period", "max_t")
+        at_least(self, 2, "reduction_factor")
         if self.grace_period > self.max_t:
             raise FieldError("grace_period", f"{self.grace_period} exceeds max_t={self.max_t}")
 
@@ -148,12 +150,10 @@ class ResourcesSpec:
     gpus_per_worker: float = 0.0  # CPU by default; fractions (0.5) pack two small-model trials per GPU
 
     def __post_init__(self) -> None:
-        if self.workers_per_trial < 1:
-            raise FieldError("workers_per_trial", f"must be >= 1, got {self.workers_per_trial}")
+        at_least(self, 1, "workers_per_trial")
         if self.cpus_per_worker <= 0:
             raise FieldError("cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
-        if self.gpus_per_worker < 0:
-            raise FieldError("gpus_per_worker", f"must be >= 0, got {self.gpus_per_worker}")
+        at_least(self, 0, "gpus_per_worker")
         if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
             # Ray only packs fractions below one GPU; 1.5 GPUs cannot be placed
             raise FieldError("gpus_per_worker", f"above 1 must be a whole number, got {self.gpus_per_worker}")
@@ -214,10 +214,7 @@ class RaySpec:
     storage_path: str | None = None  # None -> <output_dir>/ray; a shared FS / s3:// URI on a cluster
 
     def __post_init__(self) -> None:
-        for name in ("num_cpus", "num_gpus"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise FieldError(name, f"must be >= 0, got {value}")
+        at_least(self, 0, "num_cpus", "num_gpus", optional=True)
 
 
 @dataclass
@@ -263,12 +260,10 @@ class JobSpec:
             raise FieldError("seeds", f"duplicates in {self.seeds}")
         if self.tokenization not in ("bbpe", "onehot"):
             raise FieldError("tokenization", f"expected 'bbpe' or 'onehot', got {self.tokenization!r}")
-        if self.num_samples < 1:
-            raise FieldError("num_samples", f"must be >= 1, got {self.num_samples}")
+        at_least(self, 1, "num_samples")
         if self.max_failures < -1:
             raise FieldError("max_failures", f"must be >= -1 (-1: retry forever), got {self.max_failures}")
-        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
-            raise FieldError("max_concurrent_trials", f"must be >= 1, got {self.max_concurrent_trials}")
+        at_least(self, 1, "max_concurrent_trials", optional=True)
         if self.output_dir is None:
             self.output_dir = f"runs/{self.name}"
         if self.mlflow.experiment is None:
