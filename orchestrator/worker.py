@@ -26,7 +26,7 @@ from lingo_core.selection import SELECTION
 from lingo_core.startup import StartupClock
 from lingo_core.train.backend import TorchBackend, linear_warmup_decay
 from lingo_core.tuners.ars.shards import Shard, ShardAccess, WholeParams
-from orchestrator.jobspec import DeepSpeedSpec
+from orchestrator.execution_spec import DeepSpeedSpec
 
 if TYPE_CHECKING:
     from orchestrator.journal import RunJournal

@@ -39,7 +39,8 @@ def store(tmp_path_factory, tiny_model_dir: Path, gue_root: Path) -> dict:
     """Two trained trials (their runs logged as a trial logs them) registered as `lingo-<task>` champions."""
     from lingo_core.run_folder import write_result
     from lingo_core.train import TrainConfig, train
-    from orchestrator.jobspec import JobSpec, MlflowSpec
+    from orchestrator.execution_spec import MlflowSpec
+    from orchestrator.jobspec import JobSpec
     from orchestrator.sweep import collect_trials, register
     from orchestrator.worker import WORKER_DRAIN_S, _log_result, _open_journal
 
