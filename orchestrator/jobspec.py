@@ -8,7 +8,8 @@ overrides, parses and then checks the spec against lingo_core, the one entry poi
 
 Layout (see ``jobs/default.yaml``): top-level identity (name, tasks, methods, seeds, model, data), ``train``
 (``TrainConfig`` defaults of every trial), ``search`` (per method: hyperparameter -> value or distribution),
-``budgets`` (per task rank budgets), and the execution blocks scheduler / resources / deepspeed / mlflow / ray.
+``budgets`` (per task rank budgets), and the execution blocks scheduler / resources / deepspeed / mlflow / ray
+(``orchestrator.execution_spec``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,16 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from lingo_core.selection import SELECTION
 from lingo_core.typed import FieldError, build, coerce, load_yaml, parse_value, suggest
+from orchestrator.execution_spec import (
+    DeepSpeedSpec,
+    MlflowSpec,
+    RaySpec,
+    ResourcesSpec,
+    SchedulerSpec,
+    at_least,
+)
 
 __all__ = [
     "JobSpec", "JobSpecError", "FieldError", "Dist", "BudgetSpec", "apply_override", "parse_job",
@@ -105,119 +112,10 @@ class BudgetSpec:
     """Average rank kept after the pruning schedule."""
 
     def __post_init__(self) -> None:
-        if self.init_r < 1:
-            raise FieldError("init_r", f"must be >= 1, got {self.init_r}")
-        if self.target_r < 1:
-            raise FieldError("target_r", f"must be >= 1, got {self.target_r}")
+        at_least(self, 1, "init_r", "target_r")
         if self.target_r > self.init_r:
             raise FieldError("target_r", f"target_r={self.target_r} exceeds init_r={self.init_r}; "
                              "pruning can only lower the rank")
-
-
-@dataclass
-class SchedulerSpec:
-    type: str = "asha"
-    """"asha" stops weak trials early on the dev metric; "fifo" runs every trial to the end."""
-    metric: str = SELECTION.dev_key  # fixed: the trainer's best step, the summary and the champion use it too
-    mode: str = SELECTION.mode  # fixed like metric: another value is refused rather than half-applied
-    grace_period: int = 1  # evaluations a trial always gets; 1 keeps short CPU sweeps meaningful
-    reduction_factor: int = 2  # halve the field per rung: gentle for few trials per cell
-    max_t: int = 100  # ASHA's top rung, in evaluations (Ray's own default); trials end earlier anyway
-
-    def __post_init__(self) -> None:
-        if self.type not in ("asha", "fifo"):
-            raise FieldError("type", f"expected 'asha' or 'fifo', got {self.type!r}")
-        # Tune alone could follow another metric; the checkpoint, summary and registry could not
-        for name, rule in (("metric", SELECTION.dev_key), ("mode", SELECTION.mode)):
-            if getattr(self, name) != rule:
-                raise FieldError(name, f"expected {rule!r}, got {getattr(self, name)!r}: trials, checkpoints "
-                                 f"and champions are all selected by {SELECTION.dev_key} ({SELECTION.mode})")
-        for name in ("grace_period", "max_t"):
-            if getattr(self, name) < 1:
-                raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
-        if self.reduction_factor < 2:
-            raise FieldError("reduction_factor", f"must be >= 2, got {self.reduction_factor}")
-        if self.grace_period > self.max_t:
-            raise FieldError("grace_period", f"{self.grace_period} exceeds max_t={self.max_t}")
-
-
-@dataclass
-class ResourcesSpec:
-    workers_per_trial: int = 1  # data-parallel Ray Train workers; 1 = no gradient all-reduce
-    cpus_per_worker: float = 1.0  # one core per worker: the tokenizer and loop are single-threaded
-    gpus_per_worker: float = 0.0  # CPU by default; fractions (0.5) pack two small-model trials per GPU
-
-    def __post_init__(self) -> None:
-        if self.workers_per_trial < 1:
-            raise FieldError("workers_per_trial", f"must be >= 1, got {self.workers_per_trial}")
-        if self.cpus_per_worker <= 0:
-            raise FieldError("cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
-        if self.gpus_per_worker < 0:
-            raise FieldError("gpus_per_worker", f"must be >= 0, got {self.gpus_per_worker}")
-        if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
-            # Ray only packs fractions below one GPU; 1.5 GPUs cannot be placed
-            raise FieldError("gpus_per_worker", f"above 1 must be a whole number, got {self.gpus_per_worker}")
-        if self.workers_per_trial > 1 and 0 < self.gpus_per_worker < 1:
-            # Ray may pack two fractional workers of one trial onto one GPU, and NCCL refuses two ranks
-            # on the same device: the trial would fail at its first all-reduce, after the sweep started
-            raise FieldError("gpus_per_worker", f"{self.gpus_per_worker} with workers_per_trial="
-                             f"{self.workers_per_trial}: multi-worker trials need whole GPUs per worker "
-                             "(1 or more), or set workers_per_trial: 1 to pack trials by fractions")
-
-
-@dataclass
-class DeepSpeedSpec:
-    """The job's `deepspeed` block: the one declaration of these fields (worker.DeepSpeedSettings extends
-    it with the trial's batch size, accumulation and clip)."""
-
-    enabled: bool = True  # false: each trial trains in one plain PyTorch process (workers_per_trial 1 only);
-    # with one worker ZeRO shards nothing, and the plain step skips DeepSpeed's per-parameter hooks
-    zero_stage: int = 2  # shards optimizer state + grads; stage 3 (params too) only pays off for large LMs
-    bf16: bool | str = "auto"  # "auto": on iff the worker has a GPU with bf16 (CPU bf16 matmuls are slow here)
-    offload_optimizer: bool = False  # CPU offload trades speed for memory; adapters' states are tiny
-    offload_param: bool = False  # stage-3 only; off because the frozen LM fits on one GPU
-    config: dict = field(default_factory=dict)  # raw DeepSpeed entries merged last: an escape hatch
-
-    def __post_init__(self) -> None:
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise FieldError("zero_stage", f"expected 0, 1, 2 or 3, got {self.zero_stage}")
-        if isinstance(self.bf16, str) and self.bf16 != "auto":
-            raise FieldError("bf16", f"expected true, false or 'auto', got {self.bf16!r}")
-        if self.offload_param and self.zero_stage != 3:
-            raise FieldError("offload_param", f"needs zero_stage 3, got {self.zero_stage}")
-
-
-@dataclass
-class MlflowSpec:
-    tracking_uri: str | None = None  # None -> sqlite:///<output_dir>/mlflow.db: no server needed
-    experiment: str | None = None  # None -> the job name, so sweeps of one job share an experiment
-    register: bool = True  # register each task's best adapter as lingo-<task> (+ champion alias)
-    allow_chance_champion: bool = False
-    """A version whose dev MCC is <= 0 (no better than chance: e.g. it predicts one class) is registered
-    but never made `champion`; true lets it take the alias (still only if it beats the incumbent)."""
-
-    def __post_init__(self) -> None:
-        # A secret in the URI would be logged as the parent run's `mlflow.tracking_uri` param, written into
-        # job.json and shown by --dry-run; MLflow reads credentials from the environment instead.
-        if self.tracking_uri and urlsplit(self.tracking_uri).username is not None:  # user:secret@ or token@
-            raise FieldError("tracking_uri", "contains credentials (user:secret@ or token@ before the host); "
-                             "expected a URI without credentials: set MLFLOW_TRACKING_TOKEN (or "
-                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD) in the environment, never "
-                             "in the job spec")
-
-
-@dataclass
-class RaySpec:
-    address: str | None = None  # None -> start a local Ray; "auto" or ray://host:10001 joins a cluster
-    num_cpus: int | None = None  # None -> all cores of the local machine (ignored on a cluster)
-    num_gpus: int | None = None  # None -> all GPUs Ray detects (ignored on a cluster)
-    storage_path: str | None = None  # None -> <output_dir>/ray; a shared FS / s3:// URI on a cluster
-
-    def __post_init__(self) -> None:
-        for name in ("num_cpus", "num_gpus"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise FieldError(name, f"must be >= 0, got {value}")
 
 
 @dataclass
@@ -263,12 +161,10 @@ class JobSpec:
             raise FieldError("seeds", f"duplicates in {self.seeds}")
         if self.tokenization not in ("bbpe", "onehot"):
             raise FieldError("tokenization", f"expected 'bbpe' or 'onehot', got {self.tokenization!r}")
-        if self.num_samples < 1:
-            raise FieldError("num_samples", f"must be >= 1, got {self.num_samples}")
+        at_least(self, 1, "num_samples")
         if self.max_failures < -1:
             raise FieldError("max_failures", f"must be >= -1 (-1: retry forever), got {self.max_failures}")
-        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
-            raise FieldError("max_concurrent_trials", f"must be >= 1, got {self.max_concurrent_trials}")
+        at_least(self, 1, "max_concurrent_trials", optional=True)
         if self.output_dir is None:
             self.output_dir = f"runs/{self.name}"
         if self.mlflow.experiment is None:

@@ -15,7 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -26,7 +26,10 @@ from lingo_core.selection import SELECTION
 from lingo_core.startup import StartupClock
 from lingo_core.train.backend import TorchBackend, linear_warmup_decay
 from lingo_core.tuners.ars.shards import Shard, ShardAccess, WholeParams
-from orchestrator.jobspec import DeepSpeedSpec
+from orchestrator.execution_spec import DeepSpeedSpec
+
+if TYPE_CHECKING:
+    from orchestrator.journal import RunJournal
 
 # Fault injection for the resume test: when set to a path, rank 0 SIGKILLs its own process at the first
 # log step after the first checkpoint it reports, once (the marker file makes the retry run through):
@@ -278,7 +281,7 @@ class RayTrainHooks:
     """TrainHooks for a Ray Train worker: dev evaluations (+ checkpoints) go to Ray Train -> Tune on every
     rank (report is a barrier); MLflow logging happens on rank 0 only."""
 
-    def __init__(self, rank: int, local_rank: int, logger: _RunLogger | None, rank_method: bool) -> None:
+    def __init__(self, rank: int, local_rank: int, logger: RunJournal | None, rank_method: bool) -> None:
         self.rank, self.local_rank, self.logger, self.rank_method = rank, local_rank, logger, rank_method
         self.reports = 0
         self._kill_armed = False
@@ -328,51 +331,31 @@ def _local_checkpoint_dir(path: Path | None) -> Path | None:
     return Path(path) if path is not None and Path(path).is_dir() else None
 
 
-class _RunLogger:
-    """Rank 0's writes to the trial's MLflow child run (created by the trial driver). They go through the
+def _open_journal(tracking_uri: str, run_id: str, trial_dir: Path, resumed_step: int) -> RunJournal:
+    """Rank 0's writes to the trial's MLflow child run (created by the trial driver) go through the
     trial's journal (orchestrator/journal.py): fsynced locally, sent in the background, so a tracking
     outage never blocks or fails training."""
+    from orchestrator import journal  # imports mlflow: only rank 0 of a tracked trial needs it
 
-    def __init__(self, tracking_uri: str, run_id: str, trial_dir: Path, resumed_step: int) -> None:
-        from orchestrator import journal
-
-        self.j = journal.open_for_run(trial_dir, tracking_uri, run_id)
-        self.j.restart(resumed_step)  # a previous attempt's unsent tail after the checkpoint is void
-        self.j.start()
-
-    def params(self, params: dict) -> None:
-        self.j.params(params)
-
-    def metrics(self, metrics: dict, step: int) -> None:
-        self.j.metrics(metrics, step)
-
-    def commit(self, step: int) -> None:
-        self.j.commit(step)
-
-    def tags(self, tags: dict) -> None:
-        self.j.tags(tags)
-
-    def artifacts(self, pairs: list[tuple[Path, str | None]]) -> None:
-        self.j.artifacts(pairs)
-
-    def model(self, adapter_dir: Path) -> None:
-        """The export as an MLflow Model under `model/`: saved here, then sent through the journal like
-        every other artifact (an outage delays it, never loses it)."""
-        import tempfile
-
-        from orchestrator.mlflow_model import save_pyfunc
-        from orchestrator.tracking import MODEL_ARTIFACT
-
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = save_pyfunc(adapter_dir, Path(tmp) / MODEL_ARTIFACT)
-            self.j.artifacts([(folder, MODEL_ARTIFACT)])  # copied into the journal before tmp goes
-
-    def finish(self, status: str) -> None:
-        self.j.status(status)
-        self.j.drain(WORKER_DRAIN_S)
+    j = journal.open_for_run(trial_dir, tracking_uri, run_id)
+    j.restart(resumed_step)  # a previous attempt's unsent tail after the checkpoint is void
+    return j.start()
 
 
-def _log_result(logger: _RunLogger, result: Any, written: WrittenRun) -> None:
+def _log_model(logger: RunJournal, adapter_dir: Path) -> None:
+    """The export as an MLflow Model under `model/`: saved here, then sent through the journal like
+    every other artifact (an outage delays it, never loses it)."""
+    import tempfile
+
+    from orchestrator.mlflow_model import save_pyfunc
+    from orchestrator.tracking import MODEL_ARTIFACT
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_pyfunc(adapter_dir, Path(tmp) / MODEL_ARTIFACT)
+        logger.artifacts([(folder, MODEL_ARTIFACT)])  # copied into the journal before tmp goes
+
+
+def _log_result(logger: RunJournal, result: Any, written: WrittenRun) -> None:
     """Final metrics of the dev-selected weights, model identity, and what `write_result` wrote into the
     run folder, uploaded as it lies there (MLflow's tree is the run folder's: adapter/, result.json,
     test_predictions.json, plots/)."""
@@ -387,7 +370,7 @@ def _log_result(logger: _RunLogger, result: Any, written: WrittenRun) -> None:
     logger.artifacts(written.entries())
     if result.artifact_dir is not None:  # the same export as an MLflow Model: what the registry serves
         try:
-            logger.model(Path(result.artifact_dir))
+            _log_model(logger, Path(result.artifact_dir))
         except Exception as e:
             # Packaging must not throw away a finished training (the retry would train it again): the
             # run keeps its adapter/, which the registry then registers instead (tracking.register_best).
@@ -438,7 +421,7 @@ def train_worker_fn(config: dict) -> None:
         # checkpoint really restored.
         resume = resume_point(resume_dir) if resume_dir is not None else None
         resumed_step = resume.step if resume is not None else 0
-        logger = (_RunLogger(ml["tracking_uri"], ml["run_id"], Path(cfg.output_dir), resumed_step)
+        logger = (_open_journal(ml["tracking_uri"], ml["run_id"], Path(cfg.output_dir), resumed_step)
                   if ml and rank == 0 else None)
         hooks = RayTrainHooks(rank, local_rank, logger, cfg.adapter.method in RANK_METHODS)
         if logger is not None:
@@ -462,6 +445,7 @@ def train_worker_fn(config: dict) -> None:
         written = write_result(result, cfg.output_dir)
         if logger is not None:
             _log_result(logger, result, written)
-            logger.finish("FINISHED")
+            logger.status("FINISHED")
+            logger.drain(WORKER_DRAIN_S)
     # Last result of the trial: the dev-selected dev MCC and its test MCC (what the sweep summarises).
     ray.train.report({k: v for k, v in final.items() if v is not None})

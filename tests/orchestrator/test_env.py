@@ -11,7 +11,8 @@ import json
 import pytest
 
 from orchestrator import env, submit, sweep
-from orchestrator.jobspec import JobSpec, ResourcesSpec
+from orchestrator.execution_spec import ResourcesSpec
+from orchestrator.jobspec import JobSpec
 
 ALL_FORWARDED = (*env.FORWARD_ENV, *env.SUBMIT_FORWARD_ENV, "RAY_JOB_CONFIG_JSON_ENV_VAR")
 

@@ -39,9 +39,10 @@ def store(tmp_path_factory, tiny_model_dir: Path, gue_root: Path) -> dict:
     """Two trained trials (their runs logged as a trial logs them) registered as `lingo-<task>` champions."""
     from lingo_core.run_folder import write_result
     from lingo_core.train import TrainConfig, train
-    from orchestrator.jobspec import JobSpec, MlflowSpec
+    from orchestrator.execution_spec import MlflowSpec
+    from orchestrator.jobspec import JobSpec
     from orchestrator.sweep import collect_trials, register
-    from orchestrator.worker import _log_result, _RunLogger
+    from orchestrator.worker import WORKER_DRAIN_S, _log_result, _open_journal
 
     root = tmp_path_factory.mktemp("predict_store")
     uri = tracking.default_tracking_uri(root)
@@ -56,10 +57,11 @@ def store(tmp_path_factory, tiny_model_dir: Path, gue_root: Path) -> dict:
             max_eval_samples=16, batch_size=8, lr=5e-3, output_dir=str(root / f"trial{i}"),
             adapter={"method": method, "init_r": 4, "target_r": 2, "lora_r": 4}))
         result = train(cfg)
-        logger = _RunLogger(uri, run_id, Path(cfg.output_dir), resumed_step=0)  # as a worker logs: via the journal
+        logger = _open_journal(uri, run_id, Path(cfg.output_dir), resumed_step=0)  # as a worker logs: via the journal
         _log_result(logger, result, write_result(result, cfg.output_dir))  # the worker's rank 0 does both
-        logger.finish("FINISHED")
-        assert logger.j.drain(120), "the trial's journal did not reach the store"
+        logger.status("FINISHED")
+        logger.drain(WORKER_DRAIN_S)
+        assert logger.drain(120), "the trial's journal did not reach the store"
     job = JobSpec("sweep", list(TASKS), ["ars", "lora"], data_root=str(gue_root),
                   mlflow=MlflowSpec(allow_chance_champion=True))  # a tiny random model may sit at chance
     regs = register(c, job, collect_trials(c, exp, parent))

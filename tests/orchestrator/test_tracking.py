@@ -96,7 +96,8 @@ def test_chance_level_version_is_registered_but_never_champion(tmp_path: Path, e
 
 
 def test_sweep_registers_the_dev_best_trial_under_the_jobs_chance_setting(tmp_path: Path, empty_store: Path) -> None:
-    from orchestrator.jobspec import JobSpec, MlflowSpec
+    from orchestrator.execution_spec import MlflowSpec
+    from orchestrator.jobspec import JobSpec
     from orchestrator.sweep import register, registration_line
 
     c, exp = _store(tmp_path, empty_store)

@@ -292,7 +292,7 @@ def test_checkpoint_tag_is_never_latest(tmp_path: Path) -> None:
 
 def test_disabled_deepspeed_builds_the_plain_backend() -> None:
     from lingo_core.train import TorchBackend, TrainConfig
-    from orchestrator.jobspec import DeepSpeedSpec
+    from orchestrator.execution_spec import DeepSpeedSpec
     from orchestrator.worker import DeepSpeedSettings, build_backend
 
     cfg = TrainConfig(task="prom_core_tata", grad_accum=2, max_grad_norm=0.5)
@@ -307,7 +307,7 @@ def test_deepspeed_settings_of_a_trial_pass_the_trainers_check() -> None:
 
     from lingo_core.train import TrainConfig
     from lingo_core.train.backend import check_backend
-    from orchestrator.jobspec import DeepSpeedSpec
+    from orchestrator.execution_spec import DeepSpeedSpec
     from orchestrator.worker import DeepSpeedSettings
 
     cfg = TrainConfig(task="prom_core_tata", grad_accum=3, max_grad_norm=0.25)

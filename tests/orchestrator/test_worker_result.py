@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from lingo_core.run_folder import RunFolder, write_result
 from lingo_core.train.trainer import TrainResult
-from orchestrator import tracking
+from orchestrator import tracking, worker
 from orchestrator.worker import MODEL_ERROR_TAG, _log_result
 
 
 class _Logger:
-    """Records what _RunLogger would put into the trial's journal."""
+    """Records what the worker would put into the trial's journal (the model: see `_log_model` below)."""
 
     def __init__(self, model_error: Exception | None = None) -> None:
         self.artifacts_sent: list[tuple[Path, str | None]] = []
@@ -33,6 +35,12 @@ class _Logger:
         if self.model_error is not None:
             raise self.model_error
         self.models.append(adapter_dir)
+
+
+@pytest.fixture(autouse=True)
+def _log_model(monkeypatch) -> None:
+    """worker._log_model packages a real MLflow Model; here the logger records the call instead."""
+    monkeypatch.setattr(worker, "_log_model", lambda logger, adapter_dir: logger.model(adapter_dir))
 
 
 def _result(root: Path) -> TrainResult:
