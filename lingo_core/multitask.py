@@ -309,16 +309,46 @@ class MultiTaskLoRA(nn.Module):
             if len(hits) != 1:
                 raise ValueError(f"{len(hits)} PEFT LoRA layers end in {name!r}; expected one (same base and targets?)")
             layers[name] = hits[0]
+        return layers, self._peft_head(peft_model, adapter)
+
+    @classmethod
+    def from_peft_models(cls, classifier: PreTrainedModel, peft_models: Sequence[nn.Module],
+                         names: Sequence[str], adapter: str = "default") -> MultiTaskLoRA:
+        """One slot per PEFT LoRA sequence classifier of `classifier`'s base, all adapting the same layers:
+        slot k computes what `peft_models[k]` does (its rank, the largest of its layers', its per-layer
+        scaling and head; `load_peft_task`). The inverse of `export_peft_task`, for prediction."""
+        tasks, targets = [], set()
+        for name, model in zip(names, peft_models, strict=True):
+            lora = {n: m for n, m in model.named_modules() if isinstance(getattr(m, "lora_A", None), nn.ModuleDict)}
+            if not lora:
+                raise ValueError(f"{name}: no PEFT LoRA layers in the model")
+            targets |= {n.rpartition(".")[2] for n in lora}
+            r = max(m.lora_A[adapter].weight.shape[0] for m in lora.values())
+            tasks.append(TaskAdapter(name, num_labels=cls._peft_head(model, adapter).out_features, r=r))
+        routed = cls(classifier, tasks, target_modules=sorted(targets), dropout=0.0)
+        for k, model in enumerate(peft_models):
+            routed.load_peft_task(k, model, adapter)
+        return routed.eval()
+
+    @staticmethod
+    def _peft_head(peft_model: nn.Module, adapter: str) -> nn.Linear:
         heads = [m for n, m in peft_model.named_modules() if n.rpartition(".")[2] in ("score", "classifier")
                  and hasattr(m, "modules_to_save")]
         if len(heads) != 1:
             raise ValueError(f"found {len(heads)} trainable heads (score in modules_to_save) in the PEFT model")
-        return layers, heads[0].modules_to_save[adapter]
+        return heads[0].modules_to_save[adapter]
 
     def load_peft_task(self, k: int, peft_model: nn.Module, adapter: str = "default") -> None:
         """Copy a PEFT LoRA sequence classifier (same base, same targets) into task k's slot: its factors,
-        its per-layer scaling and its head (`score` in modules_to_save)."""
+        its per-layer scaling and its head (`score` in modules_to_save). Plain LoRA only: a variant (DoRA),
+        a LoRA bias or a head bias, which the routed forward would drop, is a ValueError."""
         layers, head = self._peft_parts(peft_model, adapter)
+        for name, layer in layers.items():
+            if (adapter in getattr(layer, "lora_variant", {}) or getattr(layer, "lora_bias", {}).get(adapter)
+                    or layer.lora_B[adapter].bias is not None):
+                raise ValueError(f"{name}: not plain LoRA (a variant such as DoRA, or a bias); route plain LoRA only")
+        if head.bias is not None:
+            raise ValueError(f"the head of task {self.tasks[k].name!r} has a bias; routed heads have none")
         state = {f"{n}.lora_{m}": getattr(layer, f"lora_{m}")[adapter].weight.detach()
                  for n, layer in layers.items() for m in "AB"}
         self.load_task_state(k, {**state, "head": head.weight.detach()},
