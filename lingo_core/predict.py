@@ -2,8 +2,9 @@
 
 The base model is read and its sha256 checked once; each adapter is loaded by plain PEFT onto its own
 module tree whose base weights are the very same tensors (frozen, so sharing is safe), with the task's
-own head. The plain LoRA exports are then copied into one `MultiTaskLoRA` (the training code's routed
-forward) and their PEFT trees dropped; the others (ars/adalora SVD form, prefix, full) keep their own.
+own head. The LoRA exports (lora; ars and adalora, whose SVD form B diag(E) A folds into LoRA factors)
+are then copied into one `MultiTaskLoRA` (the training code's routed forward) and their PEFT trees
+dropped; the others (prefix, full) keep their own.
 
     length-sorted batch of B sequences
       |-- each LoRA export tokenizes it (own template, tokenization, max_length)
@@ -29,11 +30,13 @@ from torch import nn
 from lingo_core.artifacts import apply_adapter, read_meta, resolve_base
 from lingo_core.data.errors import DataError
 from lingo_core.data.loading import invalid_letter
+from lingo_core.method_names import RANK_METHODS
 from lingo_core.modeling import load_classifier, load_tokenizer, model_identity
 from lingo_core.multitask import MultiTaskLoRA, Routing
 from lingo_core.tokenization import LingoTokenizer, PromptTemplate
 
 _HEAD_NAMES = ("score", "classifier")  # the head attribute of HF sequence classifiers (LLaMA/OPT: score)
+_ROUTED_METHODS = ("lora", *RANK_METHODS)  # what MultiTaskLoRA.from_peft_models loads exactly
 
 
 class PredictError(ValueError):
@@ -48,7 +51,7 @@ class PredictSettings:
     """torch device; None: the first CUDA GPU when there is one, else CPU."""
 
     routed: bool = True
-    """Run the plain LoRA exports in one routed forward per batch (the same numbers, fewer passes);
+    """Run the LoRA-form exports (lora, ars, adalora) in one routed forward per batch (the same numbers, fewer passes);
     False: one forward per export, the reference path."""
 
     def __post_init__(self) -> None:
@@ -128,8 +131,8 @@ class Predictor:
     def _route(self, base: nn.Module) -> MultiTaskLoRA | None:
         """The LoRA exports as slots of one MultiTaskLoRA over a shared-weight copy of `base`; None (every
         export keeps its own forward, with the same numbers) when there is none, or when one is not plain
-        LoRA over the same layers as the others (from_peft_models raises then)."""
-        lora = [a for a in self.adapters if a.meta["method"] == "lora"]
+        LoRA/AdaLoRA over the same layers as the others (from_peft_models raises then)."""
+        lora = [a for a in self.adapters if a.meta["method"] in _ROUTED_METHODS]
         if not lora:
             return None
         try:
