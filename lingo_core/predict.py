@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -32,8 +33,10 @@ from lingo_core.data.errors import DataError
 from lingo_core.data.loading import invalid_letter
 from lingo_core.method_names import RANK_METHODS
 from lingo_core.modeling import load_classifier, load_tokenizer, model_identity
-from lingo_core.multitask import MultiTaskLoRA, Routing
 from lingo_core.tokenization import LingoTokenizer, PromptTemplate
+
+if TYPE_CHECKING:
+    from lingo_core.multitask import MultiTaskLoRA
 
 _HEAD_NAMES = ("score", "classifier")  # the head attribute of HF sequence classifiers (LLaMA/OPT: score)
 _ROUTED_METHODS = ("lora", *RANK_METHODS)  # what MultiTaskLoRA.from_peft_models loads exactly
@@ -132,6 +135,10 @@ class Predictor:
         """The LoRA exports as slots of one MultiTaskLoRA over a shared-weight copy of `base`; None (every
         export keeps its own forward, with the same numbers) when there is none, or when one is not plain
         LoRA/AdaLoRA over the same layers as the others (from_peft_models raises then)."""
+        # lingo_core.multitask imports PEFT (via lingo_core.tuners), heavy: importers of this module that only
+        # need prediction_columns (orchestrator.mlflow_model) stay light, as apply_adapter's PEFT import does
+        from lingo_core.multitask import MultiTaskLoRA
+
         lora = [a for a in self.adapters if a.meta["method"] in _ROUTED_METHODS]
         if not lora:
             return None
@@ -194,6 +201,8 @@ class Predictor:
         """(probabilities, sequences cut) of every routed export, by its index in `adapters`: its block of
         the stacked batch is `seqs` tokenized its own way; the stack is right-padded to the widest block
         (padding after a row's last token changes nothing under causal attention)."""
+        from lingo_core.multitask import Routing  # imported by _route already; see there
+
         slots = sorted((a.slot, k) for k, a in enumerate(self.adapters) if a.slot is not None)
         encoded = {k: [self.adapters[k].tokenizer.encode(s, self.adapters[k].meta["description"]) for s in seqs]
                    for _, k in slots}
