@@ -30,7 +30,8 @@ SEQS = ["ACGTACGTTTGACCA" * 3, "gggcccatatatgcgc", "TTTTAAAACCCCGGGGACGT" * 2, "
 
 
 def export(tiny_model_dir: Path, out: Path, method: str, labels: tuple[str, ...], mode: str = "bbpe",
-           seed: int = 0, template: str = TEMPLATE, max_length: int = 48, lora_r: int = 4) -> Path:
+           seed: int = 0, template: str = TEMPLATE, max_length: int = 48, lora_r: int = 4,
+           prune: bool = False) -> Path:
     """A 'trained' export: every trainable tensor moved off its init, saved as training saves it."""
     ref = resolve_model(str(tiny_model_dir))
     torch.manual_seed(seed)
@@ -43,9 +44,12 @@ def export(tiny_model_dir: Path, out: Path, method: str, labels: tuple[str, ...]
                 p.add_(0.2 * torch.randn(p.shape, generator=gen))
     task = TaskSpec(name=f"task_{method}_{len(labels)}_{seed}", path=out, num_labels=len(labels), label_names=labels,
                     seq_len_bp=50, description=f"{method} test task")
+    pattern = ctrl.rank_pattern() if ctrl is not None else None
+    if prune:  # what a run's rank allocation leaves: ranks cut to 2 of 4, the first matrix pruned away
+        pattern = {name: [i < 2 and j > 0 for i in range(len(bits))] for j, (name, bits) in enumerate(pattern.items())}
     return save_adapter(model, out, task=task, tokenizer_mode=mode, template=template,
                         base_identity=model_identity(ref), metrics={}, method=method,
-                        rank_pattern=ctrl.rank_pattern() if ctrl is not None else None, max_length=max_length)
+                        rank_pattern=pattern, max_length=max_length)
 
 
 def alone(folder: Path) -> np.ndarray:
@@ -63,6 +67,7 @@ def exports(tiny_model_dir: Path, tmp_path_factory) -> dict[str, Path]:
             "full": export(tiny_model_dir, root / "full", "full", ("x", "y"), seed=2),
             "adalora": export(tiny_model_dir, root / "adalora", "adalora", ("s", "t", "w"), seed=5),
             "prefix": export(tiny_model_dir, root / "prefix", "prefix", ("g", "h"), seed=6),
+            "ars_pruned": export(tiny_model_dir, root / "ars_pruned", "ars", ("k", "l"), seed=7, prune=True),
             # two more LoRA tasks, each its own template, max length and rank (SEQS[4]: 90 bp, cut in "lora")
             "lora_b": export(tiny_model_dir, root / "lora_b", "lora", ("n", "p"), seed=3, max_length=128,
                              template="Task: {description}\nDNA: {sequence}\nLabel:", lora_r=2),
@@ -95,7 +100,7 @@ def test_one_base_many_adapters_equals_each_alone(exports: dict[str, Path]) -> N
         pred.predict(["ACGT", "ACXGT"])
 
 
-MIXED = ("lora", "ars", "lora_b", "full", "lora_c", "prefix", "adalora")  # 5 routed, 2 on their own forward
+MIXED = ("lora", "ars", "lora_b", "full", "lora_c", "prefix", "adalora", "ars_pruned")  # 6 routed, 2 not
 
 
 def _predict(pred: Predictor) -> tuple[list[np.ndarray], list[str]]:
@@ -107,22 +112,22 @@ def _predict(pred: Predictor) -> tuple[list[np.ndarray], list[str]]:
 
 def test_routed_lora_equals_the_per_adapter_path(exports: dict[str, Path]) -> None:
     """Three LoRA exports (different tasks, templates, tokenizations, max lengths, ranks, class counts) and
-    ars/adalora (SVD form folded into factors) in one routed forward per batch give the per-adapter path's
+    ars/adalora (SVD form folded into factors; one ars export rank-pruned) in one routed forward per batch give the per-adapter path's
     probabilities and truncation warnings; prefix and full keep their own forward."""
     folders = [exports[k] for k in MIXED]
     routed = Predictor(folders, PredictSettings(batch_size=2))
     reference = Predictor(folders, PredictSettings(batch_size=2, routed=False))
-    assert [a.slot for a in routed.adapters] == [0, 1, 2, None, 3, None, 4] and reference.routed is None
+    assert [a.slot for a in routed.adapters] == [0, 1, 2, None, 3, None, 4, 5] and reference.routed is None
     assert [a.model is None for a in routed.adapters] == [a.slot is not None for a in routed.adapters]
     forwards: list[int] = []
     routed.routed.backbone.register_forward_hook(lambda m, i, o: forwards.append(i[0].shape[0] if i else 0))
     got, got_cut = _predict(routed)
     want, want_cut = _predict(reference)
-    assert len(forwards) == 3  # one forward per batch of 2 (5 sequences), all five routed exports in it
+    assert len(forwards) == 3  # one forward per batch of 2 (5 sequences), all six routed exports in it
     for name, g, w in zip(MIXED, got, want, strict=True):
         np.testing.assert_allclose(g, w, atol=1e-5, err_msg=name)  # fp32 sums in another order
     assert got_cut == want_cut and any("task_lora_3_1" in m for m in got_cut)  # "lora" cuts SEQS[4]
-    for name in ("lora_b", "lora_c", "ars", "adalora"):
+    for name in ("lora_b", "lora_c", "ars", "adalora", "ars_pruned"):
         np.testing.assert_allclose(got[MIXED.index(name)], alone(exports[name]), atol=1e-5, err_msg=name)
 
 
