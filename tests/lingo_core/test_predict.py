@@ -31,11 +31,11 @@ SEQS = ["ACGTACGTTTGACCA" * 3, "gggcccatatatgcgc", "TTTTAAAACCCCGGGGACGT" * 2, "
 
 def export(tiny_model_dir: Path, out: Path, method: str, labels: tuple[str, ...], mode: str = "bbpe",
            seed: int = 0, template: str = TEMPLATE, max_length: int = 48, lora_r: int = 4,
-           prune: bool = False) -> Path:
+           prune: bool = False, targets: list[str] | None = None) -> Path:
     """A 'trained' export: every trainable tensor moved off its init, saved as training saves it."""
     ref = resolve_model(str(tiny_model_dir))
     torch.manual_seed(seed)
-    settings = AdapterSettings(method=method, init_r=4, target_r=2, lora_r=lora_r)
+    settings = AdapterSettings(method=method, init_r=4, target_r=2, lora_r=lora_r, target_modules=targets)
     model, ctrl = build_model(load_classifier(ref, len(labels)), settings, total_steps=20, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -129,6 +129,17 @@ def test_routed_lora_equals_the_per_adapter_path(exports: dict[str, Path]) -> No
     assert got_cut == want_cut and any("task_lora_3_1" in m for m in got_cut)  # "lora" cuts SEQS[4]
     for name in ("lora_b", "lora_c", "ars", "adalora", "ars_pruned"):
         np.testing.assert_allclose(got[MIXED.index(name)], alone(exports[name]), atol=1e-5, err_msg=name)
+
+
+def test_lora_over_other_layers_keeps_the_per_adapter_path(exports: dict[str, Path], tmp_path: Path,
+                                                             tiny_model_dir: Path) -> None:
+    """Exports adapting different layers cannot share one routed model: each keeps its own forward."""
+    qv = export(tiny_model_dir, tmp_path / "qv", "lora", ("a", "b"), seed=8, targets=["q_proj", "v_proj"])
+    pred = Predictor([exports["lora"], qv], PredictSettings(batch_size=2))
+    assert pred.routed is None and all(a.slot is None and a.model is not None for a in pred.adapters)
+    probs = pred.predict(SEQS)
+    for folder, p in zip((exports["lora"], qv), probs, strict=True):
+        np.testing.assert_allclose(p, alone(folder), atol=1e-5)
 
 
 @pytest.mark.parametrize("swap", ["heads", "factors"])
