@@ -302,27 +302,53 @@ class MultiTaskLoRA(nn.Module):
 
     def _peft_parts(self, peft_model: nn.Module, adapter: str) -> tuple[dict[str, nn.Module], nn.Linear]:
         """A PEFT LoRA sequence classifier's LoRA layer for each of our layers, and its trainable head."""
-        lora = {n: m for n, m in peft_model.named_modules() if isinstance(getattr(m, "lora_A", None), nn.ModuleDict)}
+        lora = _peft_lora_layers(peft_model)
         layers = {}
         for name in self.layer_names:
             hits = [m for n, m in lora.items() if n.endswith("." + name)]
             if len(hits) != 1:
                 raise ValueError(f"{len(hits)} PEFT LoRA layers end in {name!r}; expected one (same base and targets?)")
             layers[name] = hits[0]
+        return layers, self._peft_head(peft_model, adapter)
+
+    @classmethod
+    def from_peft_models(cls, classifier: PreTrainedModel, peft_models: Sequence[nn.Module],
+                         names: Sequence[str], adapter: str = "default") -> MultiTaskLoRA:
+        """One slot per PEFT LoRA (or AdaLoRA: ars, adalora) sequence classifier of `classifier`'s base,
+        all adapting the same layers: slot k computes what `peft_models[k]` does (its rank, the largest of
+        its layers', its per-layer scaling and head; `load_peft_task`). The inverse of `export_peft_task`."""
+        tasks, targets = [], set()
+        for name, model in zip(names, peft_models, strict=True):
+            lora = _peft_lora_layers(model)
+            if not lora:
+                raise ValueError(f"{name}: no PEFT LoRA layers in the model")
+            targets |= {n.rpartition(".")[2] for n in lora}
+            r = max(1, *(_peft_factors(m, adapter)[0].shape[0] for m in lora.values()))  # ars may prune a layer to 0
+            tasks.append(TaskAdapter(name, num_labels=cls._peft_head(model, adapter).out_features, r=r))
+        routed = cls(classifier, tasks, target_modules=sorted(targets), dropout=0.0)
+        for k, model in enumerate(peft_models):
+            routed.load_peft_task(k, model, adapter)
+        return routed.eval()
+
+    @staticmethod
+    def _peft_head(peft_model: nn.Module, adapter: str) -> nn.Linear:
         heads = [m for n, m in peft_model.named_modules() if n.rpartition(".")[2] in ("score", "classifier")
                  and hasattr(m, "modules_to_save")]
         if len(heads) != 1:
             raise ValueError(f"found {len(heads)} trainable heads (score in modules_to_save) in the PEFT model")
-        return layers, heads[0].modules_to_save[adapter]
+        return heads[0].modules_to_save[adapter]
 
     def load_peft_task(self, k: int, peft_model: nn.Module, adapter: str = "default") -> None:
         """Copy a PEFT LoRA sequence classifier (same base, same targets) into task k's slot: its factors,
-        its per-layer scaling and its head (`score` in modules_to_save)."""
+        its per-layer scaling and its head (`score` in modules_to_save); an AdaLoRA layer's SVD form
+        B diag(E) A * scaling / ranknum as A' = diag(E) A and that scale (`_peft_factors`). Plain LoRA only:
+        a variant (DoRA), a LoRA bias or a head bias, which the routed forward would drop, is a ValueError."""
         layers, head = self._peft_parts(peft_model, adapter)
-        state = {f"{n}.lora_{m}": getattr(layer, f"lora_{m}")[adapter].weight.detach()
-                 for n, layer in layers.items() for m in "AB"}
-        self.load_task_state(k, {**state, "head": head.weight.detach()},
-                             {n: float(layer.scaling[adapter]) for n, layer in layers.items()})
+        factors = {n: _peft_factors(layer, adapter) for n, layer in layers.items()}
+        if head.bias is not None:
+            raise ValueError(f"the head of task {self.tasks[k].name!r} has a bias; routed heads have none")
+        state = {f"{n}.lora_{m}": f for n, (a, b, _) in factors.items() for m, f in (("A", a), ("B", b))}
+        self.load_task_state(k, {**state, "head": head.weight.detach()}, {n: f[2] for n, f in factors.items()})
 
     @torch.no_grad()
     def export_peft_task(self, k: int, peft_model: nn.Module, adapter: str = "default") -> None:
@@ -338,6 +364,24 @@ class MultiTaskLoRA(nn.Module):
             layer.lora_A[adapter].weight.copy_(state[f"{name}.lora_A"])  # copy_ raises on a rank mismatch
             layer.lora_B[adapter].weight.copy_(state[f"{name}.lora_B"])
         head.weight.copy_(state["head"])
+
+
+def _peft_lora_layers(peft_model: nn.Module) -> dict[str, nn.Module]:
+    """PEFT's LoRA layers (lora_A a ModuleDict of Linears) and AdaLoRA's SVD layers (a ParameterDict)."""
+    return {n: m for n, m in peft_model.named_modules()
+            if isinstance(getattr(m, "lora_A", None), (nn.ModuleDict, nn.ParameterDict))}
+
+
+def _peft_factors(layer: nn.Module, adapter: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(A [r, in], B [out, r], scale) with update (x A^T)(scale B)^T equal to the PEFT layer's own: for an
+    AdaLoRA SVDLinear, whose update is x (A * E)^T B^T * scaling / (ranknum + 1e-5), A folds in E."""
+    if isinstance(layer.lora_A, nn.ParameterDict):
+        scale = float(layer.scaling[adapter]) / (float(layer.ranknum[adapter]) + 1e-5)  # as SVDLinear.forward
+        return (layer.lora_A[adapter] * layer.lora_E[adapter]).detach(), layer.lora_B[adapter].detach(), scale
+    if (adapter in getattr(layer, "lora_variant", {}) or getattr(layer, "lora_bias", {}).get(adapter)
+            or layer.lora_B[adapter].bias is not None):
+        raise ValueError("not plain LoRA (a variant such as DoRA, or a bias); route plain LoRA only")
+    return layer.lora_A[adapter].weight.detach(), layer.lora_B[adapter].weight.detach(), float(layer.scaling[adapter])
 
 
 class TaskOptimizers:

@@ -1,9 +1,16 @@
 """Inference with exported adapters (the folders `artifacts.save_adapter` writes).
 
-The base model is read and its sha256 checked once; each adapter then gets its own module tree whose
-base weights are the very same tensors (frozen, so sharing is safe), with the adapter injected by plain
-PEFT and the task's own head. One pass over the sequences: for each length-sorted batch every adapter
-tokenizes it with its task's template and tokenization, and returns softmax probabilities.
+The base model is read and its sha256 checked once; each adapter is loaded by plain PEFT onto its own
+module tree whose base weights are the very same tensors (frozen, so sharing is safe), with the task's
+own head. The LoRA exports (lora; ars and adalora, whose SVD form B diag(E) A folds into LoRA factors)
+are then copied into one `MultiTaskLoRA` (the training code's routed forward) and their PEFT trees
+dropped; the others (prefix, full) keep their own.
+
+    length-sorted batch of B sequences
+      |-- each LoRA export tokenizes it (own template, tokenization, max_length)
+      |     -> K blocks stacked, right-padded to the widest -> ONE routed forward, Routing.blocks(B)
+      '-- each other export: its own tokenization and forward
+    -> softmax probabilities per export, identical to loading each export alone
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -23,10 +31,15 @@ from torch import nn
 from lingo_core.artifacts import apply_adapter, read_meta, resolve_base
 from lingo_core.data.errors import DataError
 from lingo_core.data.loading import invalid_letter
+from lingo_core.method_names import RANK_METHODS
 from lingo_core.modeling import load_classifier, load_tokenizer, model_identity
 from lingo_core.tokenization import LingoTokenizer, PromptTemplate
 
+if TYPE_CHECKING:
+    from lingo_core.multitask import MultiTaskLoRA
+
 _HEAD_NAMES = ("score", "classifier")  # the head attribute of HF sequence classifiers (LLaMA/OPT: score)
+_ROUTED_METHODS = ("lora", *RANK_METHODS)  # what MultiTaskLoRA.from_peft_models loads exactly
 
 
 class PredictError(ValueError):
@@ -36,9 +49,13 @@ class PredictError(ValueError):
 @dataclass(frozen=True)
 class PredictSettings:
     batch_size: int = 16
-    """Sequences per forward pass (per adapter)."""
+    """Sequences per forward pass (per adapter: the routed forward holds batch_size rows per LoRA export)."""
     device: str | None = None
     """torch device; None: the first CUDA GPU when there is one, else CPU."""
+
+    routed: bool = True
+    """Run the LoRA-form exports (lora, ars, adalora) in one routed forward per batch (the same numbers, fewer passes);
+    False: one forward per export, the reference path."""
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -71,8 +88,11 @@ def base_key(meta: dict) -> str:
 class LoadedAdapter:
     path: Path
     meta: dict
-    model: nn.Module
+    model: nn.Module | None
+    """Its own classifier; None when it runs as a slot of `Predictor.routed`."""
     tokenizer: LingoTokenizer
+    slot: int | None = None
+    """Its task index in `Predictor.routed`, or None."""
 
     @property
     def task(self) -> str:
@@ -109,14 +129,31 @@ class Predictor:
         base = load_classifier(ref, 1)  # the head is replaced per task below
         hf_tokenizer = load_tokenizer(ref)
         self.adapters = [self._load(Path(a), m, base, hf_tokenizer) for a, m in zip(adapters, metas, strict=True)]
+        self.routed: MultiTaskLoRA | None = self._route(base) if self.settings.routed else None
+
+    def _route(self, base: nn.Module) -> MultiTaskLoRA | None:
+        """The LoRA exports as slots of one MultiTaskLoRA over a shared-weight copy of `base`; None (every
+        export keeps its own forward, with the same numbers) when there is none, or when one is not plain
+        LoRA/AdaLoRA over the same layers as the others (from_peft_models raises then)."""
+        # lingo_core.multitask imports PEFT (via lingo_core.tuners), heavy: importers of this module that only
+        # need prediction_columns (orchestrator.mlflow_model) stay light, as apply_adapter's PEFT import does
+        from lingo_core.multitask import MultiTaskLoRA
+
+        lora = [a for a in self.adapters if a.meta["method"] in _ROUTED_METHODS]
+        if not lora:
+            return None
+        try:
+            routed = MultiTaskLoRA.from_peft_models(_shared_copy(base), [a.model for a in lora],
+                                                    [f"{i}:{a.task}" for i, a in enumerate(lora)])
+        except ValueError:
+            return None
+        for k, adapter in enumerate(lora):
+            adapter.model, adapter.slot = None, k  # its factors and head now live in the routed slot
+        return routed.to(self.device)
 
     def _load(self, path: Path, meta: dict, base: nn.Module, hf_tokenizer) -> LoadedAdapter:
-        if meta["method"] == "full":  # the export replaces every weight: it gets its own copy
-            tree = copy.deepcopy(base)
-        else:
-            # memo maps each base tensor to itself: the copy's modules are new, their weights are shared
-            shared = {id(t): t for t in itertools.chain(base.parameters(), base.buffers())}
-            tree = copy.deepcopy(base, memo=shared)
+        # full replaces every weight: it gets its own copy
+        tree = copy.deepcopy(base) if meta["method"] == "full" else _shared_copy(base)
         _fresh_head(tree, meta["num_labels"])
         model = apply_adapter(tree, path, meta).to(self.device)
         tok = LingoTokenizer(hf_tokenizer, mode=meta["tokenization"], max_length=meta["max_length"],
@@ -139,8 +176,10 @@ class Predictor:
         with torch.inference_mode():
             for start in range(0, len(order), size):
                 idx = order[start:start + size]
+                batch = [seqs[i] for i in idx]
+                routed = self._routed_forward(batch) if self.routed is not None else {}
                 for k, adapter in enumerate(self.adapters):
-                    probs, n_cut = self._forward(adapter, [seqs[i] for i in idx])
+                    probs, n_cut = routed[k] if k in routed else self._forward(adapter, batch)
                     out[k][idx] = probs
                     cut[k] += n_cut
                 if progress is not None:
@@ -157,6 +196,32 @@ class Predictor:
         logits = adapter.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
         probs = torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
         return probs, sum(e.truncated for e in encoded)
+
+    def _routed_forward(self, seqs: list[str]) -> dict[int, tuple[np.ndarray, int]]:
+        """(probabilities, sequences cut) of every routed export, by its index in `adapters`: its block of
+        the stacked batch is `seqs` tokenized its own way; the stack is right-padded to the widest block
+        (padding after a row's last token changes nothing under causal attention)."""
+        from lingo_core.multitask import Routing  # imported by _route already; see there
+
+        slots = sorted((a.slot, k) for k, a in enumerate(self.adapters) if a.slot is not None)
+        encoded = {k: [self.adapters[k].tokenizer.encode(s, self.adapters[k].meta["description"]) for s in seqs]
+                   for _, k in slots}
+        rows = [{"input_ids": e.input_ids} for _, k in slots for e in encoded[k]]  # block by block, in slot order
+        batch = self.adapters[slots[0][1]].tokenizer.collate(rows)  # one base, one tokenizer: one pad id
+        logits = self.routed(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
+                             Routing.blocks(len(seqs)))
+        out = {}
+        for slot, k in slots:
+            block = logits[slot * len(seqs):(slot + 1) * len(seqs), : self.adapters[k].meta["num_labels"]]
+            probs = torch.softmax(block, dim=-1).cpu().numpy().astype(np.float64)
+            out[k] = (probs, sum(e.truncated for e in encoded[k]))
+        return out
+
+
+def _shared_copy(base: nn.Module) -> nn.Module:
+    """A copy of `base` with new modules over the very same (frozen) weight tensors."""
+    shared = {id(t): t for t in itertools.chain(base.parameters(), base.buffers())}  # memo: each tensor is itself
+    return copy.deepcopy(base, memo=shared)
 
 
 def _fresh_head(model: nn.Module, num_labels: int) -> None:

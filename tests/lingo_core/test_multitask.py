@@ -131,6 +131,23 @@ def test_a_task_exports_to_a_peft_model_that_computes_the_same(ref, packed, peft
         packed.export_peft_task(1, wrong_scale)
 
 
+
+def test_from_peft_models_routes_each_peft_model(ref, peft_models, batches):
+    """The prediction constructor: slots sized from each PEFT model (ranks 2, 4, 8; 2 or 3 classes) and
+    loaded from it compute what each PEFT model computes; DoRA, which routing would drop, is refused."""
+    single, mixed = batches
+    routed = MultiTaskLoRA.from_peft_models(load_classifier(ref, 2), peft_models, [t.name for t in TASKS])
+    assert [(t.r, t.num_labels) for t in routed.tasks] == [(t.r, t.num_labels) for t in TASKS]
+    with torch.no_grad():
+        logits = _forward(routed, mixed, Routing.blocks(ROWS))
+        for k, (task, peft_model) in enumerate(zip(TASKS, peft_models, strict=True)):
+            want = peft_model(input_ids=single[k]["input_ids"], attention_mask=single[k]["attention_mask"]).logits
+            torch.testing.assert_close(logits[k * ROWS : (k + 1) * ROWS, : task.num_labels], want, rtol=1e-4, atol=1e-5)
+    dora = get_peft_model(load_classifier(ref, 2), LoraConfig(task_type=TaskType.SEQ_CLS, r=2, use_dora=True,
+                                                              target_modules=DEFAULT_TARGET_MODULES["llama"]))
+    with pytest.raises(ValueError, match="not plain LoRA"):
+        MultiTaskLoRA.from_peft_models(load_classifier(ref, 2), [dora], ["dora"])
+
 # ---- (c) any row order gives the same per-row outputs -------------------------------------------------
 def test_permuted_rows_give_the_same_outputs_as_blocks(packed, batches):
     _, mixed = batches

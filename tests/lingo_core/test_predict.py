@@ -1,11 +1,13 @@
 """lingo_core.predict on the tiny random LLaMA: several adapters over one base load give what each
-adapter gives on its own (load_adapter), in any batch size; bases are checked; and the input readers."""
+adapter gives on its own (load_adapter), in any batch size; the LoRA exports, routed through one
+MultiTaskLoRA forward (ars/adalora folded into LoRA factors), give what the per-adapter path gives; bases are checked; and the input readers."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,22 +30,26 @@ SEQS = ["ACGTACGTTTGACCA" * 3, "gggcccatatatgcgc", "TTTTAAAACCCCGGGGACGT" * 2, "
 
 
 def export(tiny_model_dir: Path, out: Path, method: str, labels: tuple[str, ...], mode: str = "bbpe",
-           seed: int = 0) -> Path:
+           seed: int = 0, template: str = TEMPLATE, max_length: int = 48, lora_r: int = 4,
+           prune: bool = False, targets: list[str] | None = None) -> Path:
     """A 'trained' export: every trainable tensor moved off its init, saved as training saves it."""
     ref = resolve_model(str(tiny_model_dir))
     torch.manual_seed(seed)
-    settings = AdapterSettings(method=method, init_r=4, target_r=2, lora_r=4)
+    settings = AdapterSettings(method=method, init_r=4, target_r=2, lora_r=lora_r, target_modules=targets)
     model, ctrl = build_model(load_classifier(ref, len(labels)), settings, total_steps=20, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.2 * torch.randn(p.shape, generator=gen))
-    task = TaskSpec(name=f"task_{method}_{len(labels)}", path=out, num_labels=len(labels), label_names=labels,
+    task = TaskSpec(name=f"task_{method}_{len(labels)}_{seed}", path=out, num_labels=len(labels), label_names=labels,
                     seq_len_bp=50, description=f"{method} test task")
-    return save_adapter(model, out, task=task, tokenizer_mode=mode, template=TEMPLATE,
+    pattern = ctrl.rank_pattern() if ctrl is not None else None
+    if prune:  # what a run's rank allocation leaves: ranks cut to 2 of 4, the first matrix pruned away
+        pattern = {name: [i < 2 and j > 0 for i in range(len(bits))] for j, (name, bits) in enumerate(pattern.items())}
+    return save_adapter(model, out, task=task, tokenizer_mode=mode, template=template,
                         base_identity=model_identity(ref), metrics={}, method=method,
-                        rank_pattern=ctrl.rank_pattern() if ctrl is not None else None, max_length=48)
+                        rank_pattern=pattern, max_length=max_length)
 
 
 def alone(folder: Path) -> np.ndarray:
@@ -58,7 +64,15 @@ def exports(tiny_model_dir: Path, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("exports")
     return {"ars": export(tiny_model_dir, root / "ars", "ars", ("no", "yes")),
             "lora": export(tiny_model_dir, root / "lora", "lora", ("a", "b", "c"), mode="onehot", seed=1),
-            "full": export(tiny_model_dir, root / "full", "full", ("x", "y"), seed=2)}
+            "full": export(tiny_model_dir, root / "full", "full", ("x", "y"), seed=2),
+            "adalora": export(tiny_model_dir, root / "adalora", "adalora", ("s", "t", "w"), seed=5),
+            "prefix": export(tiny_model_dir, root / "prefix", "prefix", ("g", "h"), seed=6),
+            "ars_pruned": export(tiny_model_dir, root / "ars_pruned", "ars", ("k", "l"), seed=7, prune=True),
+            # two more LoRA tasks, each its own template, max length and rank (SEQS[4]: 90 bp, cut in "lora")
+            "lora_b": export(tiny_model_dir, root / "lora_b", "lora", ("n", "p"), seed=3, max_length=128,
+                             template="Task: {description}\nDNA: {sequence}\nLabel:", lora_r=2),
+            "lora_c": export(tiny_model_dir, root / "lora_c", "lora", ("u", "v"), mode="onehot", seed=4,
+                             max_length=40, template="{description} | {sequence} ->", lora_r=8)}
 
 
 def test_one_base_many_adapters_equals_each_alone(exports: dict[str, Path]) -> None:
@@ -72,9 +86,10 @@ def test_one_base_many_adapters_equals_each_alone(exports: dict[str, Path]) -> N
         np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-6)
     assert probs[0].shape == (5, 2) and probs[1].shape == (5, 3)
     assert not np.allclose(probs[0], probs[2], atol=1e-3)  # different exports, different answers
-    # the base was read once: both PEFT trees sit on the same embedding tensor; full has its own
-    emb = [a.model.get_input_embeddings().weight for a in pred.adapters]
-    assert emb[0].data_ptr() == emb[1].data_ptr() != emb[2].data_ptr()
+    # the base was read once: ars and lora are slots of the routed model, on the base's embedding; full has its own
+    assert [a.slot for a in pred.adapters] == [0, 1, None] and pred.adapters[0].model is None
+    emb = [pred.routed.backbone.get_input_embeddings().weight, pred.adapters[2].model.get_input_embeddings().weight]
+    assert emb[0].data_ptr() != emb[1].data_ptr()
     # batch size and order only change the schedule, not the numbers
     again = Predictor([exports["lora"]], PredictSettings(batch_size=16)).predict(SEQS[::-1])[0]
     np.testing.assert_allclose(again[::-1], probs[1], atol=1e-5)
@@ -83,6 +98,66 @@ def test_one_base_many_adapters_equals_each_alone(exports: dict[str, Path]) -> N
     assert [pred.adapters[1].label_names[i] for i in cols["t.label"]] == cols["t.label_name"]
     with pytest.raises(DataError, match="row 1: letter 'X' at position 3"):
         pred.predict(["ACGT", "ACXGT"])
+
+
+MIXED = ("lora", "ars", "lora_b", "full", "lora_c", "prefix", "adalora", "ars_pruned")  # 6 routed, 2 not
+
+
+def _predict(pred: Predictor) -> tuple[list[np.ndarray], list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probs = pred.predict(SEQS)
+    return probs, sorted(str(w.message) for w in caught if "were cut" in str(w.message))
+
+
+def test_routed_lora_equals_the_per_adapter_path(exports: dict[str, Path]) -> None:
+    """Three LoRA exports (different tasks, templates, tokenizations, max lengths, ranks, class counts) and
+    ars/adalora (SVD form folded into factors; one ars export rank-pruned) in one routed forward per batch give the per-adapter path's
+    probabilities and truncation warnings; prefix and full keep their own forward."""
+    folders = [exports[k] for k in MIXED]
+    routed = Predictor(folders, PredictSettings(batch_size=2))
+    reference = Predictor(folders, PredictSettings(batch_size=2, routed=False))
+    assert [a.slot for a in routed.adapters] == [0, 1, 2, None, 3, None, 4, 5] and reference.routed is None
+    assert [a.model is None for a in routed.adapters] == [a.slot is not None for a in routed.adapters]
+    forwards: list[int] = []
+    routed.routed.backbone.register_forward_hook(lambda m, i, o: forwards.append(i[0].shape[0] if i else 0))
+    got, got_cut = _predict(routed)
+    want, want_cut = _predict(reference)
+    assert len(forwards) == 3  # one forward per batch of 2 (5 sequences), all six routed exports in it
+    for name, g, w in zip(MIXED, got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5, err_msg=name)  # fp32 sums in another order
+    assert got_cut == want_cut and any("task_lora_3_1" in m for m in got_cut)  # "lora" cuts SEQS[4]
+    for name in ("lora_b", "lora_c", "ars", "adalora", "ars_pruned"):
+        np.testing.assert_allclose(got[MIXED.index(name)], alone(exports[name]), atol=1e-5, err_msg=name)
+
+
+def test_lora_over_other_layers_keeps_the_per_adapter_path(exports: dict[str, Path], tmp_path: Path,
+                                                             tiny_model_dir: Path) -> None:
+    """Exports adapting different layers cannot share one routed model: each keeps its own forward."""
+    qv = export(tiny_model_dir, tmp_path / "qv", "lora", ("a", "b"), seed=8, targets=["q_proj", "v_proj"])
+    pred = Predictor([exports["lora"], qv], PredictSettings(batch_size=2))
+    assert pred.routed is None and all(a.slot is None and a.model is not None for a in pred.adapters)
+    probs = pred.predict(SEQS)
+    for folder, p in zip((exports["lora"], qv), probs, strict=True):
+        np.testing.assert_allclose(p, alone(folder), atol=1e-5)
+
+
+@pytest.mark.parametrize("swap", ["heads", "factors"])
+def test_a_misrouted_block_is_caught(exports: dict[str, Path], swap: str) -> None:
+    """The equality above is sharp enough to see a routing mistake: swapping two LoRA slots' heads (both
+    2-class) or one layer's factors makes the routed path disagree with the per-adapter path."""
+    folders = [exports[k] for k in ("lora", "lora_b", "lora_c")]
+    pred = Predictor(folders, PredictSettings(batch_size=8))
+    want = Predictor(folders, PredictSettings(batch_size=8, routed=False)).predict(SEQS)
+    with torch.no_grad():
+        tensors = [pred.routed.head] if swap == "heads" else [pred.routed.routed_layers()[0][1].lora_B]
+        for t in tensors:
+            t[[1, 2]] = t[[2, 1]].clone()
+    got = pred.predict(SEQS)
+    np.testing.assert_allclose(got[0], want[0], atol=1e-6)  # slot 0 untouched
+    for k in (1, 2):
+        with pytest.raises(AssertionError):
+            np.testing.assert_allclose(got[k], want[k], atol=1e-4)
 
 
 def test_bases_are_checked(exports: dict[str, Path], tmp_path: Path) -> None:
