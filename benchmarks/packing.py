@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import os
 import platform
 import statistics
@@ -41,7 +40,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from any folder
 
-from benchmarks.provenance import git_commit, utc_now  # noqa: E402
+from benchmarks.provenance import git_commit, utc_now, write_report  # noqa: E402
 from benchmarks.step_time import _free, _sync, time_project  # noqa: E402
 from lingo_core.data.loading import load_split  # noqa: E402
 from lingo_core.data.task import TaskRegistry  # noqa: E402
@@ -310,11 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"G={g}: " + (e.get("error") or f"{e['aggregate_samples_per_s']:.1f} samples/s, speedup "
                             f"{e.get('speedup', float('nan')):.2f}"))
     out = Path(args.out) if args.out else RESULTS / f"packing_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out)
-    print(f"wrote {out}")
+    write_report(report, out)
     return 0
 
 

@@ -33,7 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from any folder
 
-from benchmarks.provenance import git_commit, utc_now  # noqa: E402
+from benchmarks.provenance import git_commit, utc_now, write_report  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 SCALED_METHODS = ("ars", "lora", "full")  # the three: full is where gradient traffic is large
@@ -231,11 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         report["efficiency"] = efficiencies(rows)
         print("scaling efficiency:", report["efficiency"])
     out = Path(args.out) if args.out else RESULTS / f"scaling_{device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out)
-    print(f"wrote {out}")
+    write_report(report, out)
     return 0
 
 

@@ -39,7 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from any folder
 
-from benchmarks.provenance import git_commit, utc_now  # noqa: E402
+from benchmarks.provenance import git_commit, utc_now, write_report  # noqa: E402
 from lingo_core.data.loading import load_split  # noqa: E402
 from lingo_core.data.task import TaskRegistry  # noqa: E402
 from lingo_core.method_names import RANK_METHODS  # noqa: E402
@@ -307,11 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, ratios in report.get("round_ratios", {}).items():
         print(f"{key} per round: {', '.join(f'{r:.3f}' for r in ratios)}")
     out = Path(args.out) if args.out else RESULTS / f"step_time_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out)
-    print(f"wrote {out}")
+    write_report(report, out)
     return 0
 
 

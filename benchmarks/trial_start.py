@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from any folder
 
-from benchmarks.provenance import git_commit, utc_now  # noqa: E402
+from benchmarks.provenance import git_commit, utc_now, write_report  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 TASK = "prom_core_tata"  # 70 bp: the shortest prompts of the shared tasks, so the steps add the least
@@ -183,10 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                   date=result["date"], commit=result["commit"])  # of the latest run; each run keeps its own
     key = result["mode"] if args.deepspeed else f"{result['mode']}_no_deepspeed"
     report.setdefault("runs", {})[key] = result
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")  # a cut-off run leaves the previous file whole
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(out)
+    write_report(report, out)
     print(f"{key}: entry -> first optimizer step {result['entry_to_first_step_s']:.1f} s; "
           + ", ".join(f"{k} {v:.1f}" for k, v in result["phases_s"].items() if k != "total") + f"  -> {out}")
     return 0
