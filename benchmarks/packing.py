@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from any folder
 
 from benchmarks.provenance import git_commit, utc_now, write_report  # noqa: E402
-from benchmarks.step_time import _free, _sync, time_project  # noqa: E402
+from benchmarks.step_time import free_memory, sync_device, time_project  # noqa: E402
 from lingo_core.data.loading import load_split  # noqa: E402
 from lingo_core.data.task import TaskRegistry  # noqa: E402
 from lingo_core.modeling import load_classifier, load_tokenizer, resolve_model  # noqa: E402
@@ -88,7 +88,7 @@ def train_run(base: torch.nn.Module, specs: list, batches: list[dict], args, dev
     tasks = [TaskAdapter(s.name, s.num_labels, r=args.rank, alpha=args.alpha) for s in specs]
     model = MultiTaskLoRA(copy.deepcopy(base), tasks, dropout=args.dropout).place(device).train()
     opt = TaskOptimizers(model, total_steps=total, lr=args.lr, warmup_steps=args.warmup_steps)
-    _sync(device)
+    sync_device(device)
     build_s = time.perf_counter() - t0
     routing = Routing.blocks(args.batch_size)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -97,7 +97,7 @@ def train_run(base: torch.nn.Module, specs: list, batches: list[dict], args, dev
     start = time.perf_counter()
     for i, batch in enumerate(batches):
         if i == args.warmup:
-            _sync(device)
+            sync_device(device)
             timed_from = time.perf_counter()
         with autocast:
             logits = model(batch["input_ids"], batch["attention_mask"], routing)
@@ -105,7 +105,7 @@ def train_run(base: torch.nn.Module, specs: list, batches: list[dict], args, dev
         task_loss.sum().backward()
         opt.step()
         losses.append(task_loss.detach())  # kept on device: reading it back would sync every step
-    _sync(device)
+    sync_device(device)
     end = time.perf_counter()
     loss = torch.stack(losses).float().cpu()  # [steps, K]
     window = end - timed_from
@@ -138,7 +138,7 @@ def guarded(fn, *a) -> dict:
         row = fn(*a)
     except Exception as e:  # noqa: BLE001 - recorded in the report and printed
         row = {"error": f"{type(e).__name__}: {str(e)[:400]}", "oom": isinstance(e, torch.OutOfMemoryError)}
-    _free(a[-1])
+    free_memory(a[-1])
     return row
 
 
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             row.update(tasks=[s.name for s in chunk], rows_per_step=len(chunk) * args.batch_size,
                        max_width_tokens=max(int(b["input_ids"].shape[1]) for b in batches))
             del batches
-            _free(device)
+            free_memory(device)
             runs.append(row)
             print(f"packed G={g:<3d} {'+'.join(s.name for s in chunk)[:60]:60s} " + (row.get("error") or
                   f"{row['samples_per_s']:8.1f} samples/s  {row['step_ms']:7.1f} ms/step"), flush=True)

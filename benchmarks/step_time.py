@@ -54,7 +54,7 @@ PROJECT_METHODS = ("ars", "lora", "adalora", "full")
 REFERENCES = ("floor", "peft_lora")
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -64,10 +64,10 @@ def _timed(step: Callable[[], None], device: torch.device, warmup: int, steps: i
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for i in range(warmup + steps):
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         step()
-        _sync(device)
+        sync_device(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     out = _stats([1e3 * t for t in times])
@@ -92,7 +92,7 @@ def _merge_rounds(rows: list[dict]) -> dict:
     return out
 
 
-def _free(device: torch.device) -> None:
+def free_memory(device: torch.device) -> None:
     import gc
 
     gc.collect()
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.rounds):  # round-robin: every configuration sees the machine in each of its states
         for name in references:
             rounds.setdefault(("references", name), []).append(row := time_reference(name, base, batch, args, device))
-            _free(device)
+            free_memory(device)
             print(f"[{i}] {'reference':9s} {name:9s} {row['median_ms']:8.1f} ms/step", flush=True)
         for backend in backends:
             for method in methods:
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{backend:9s} {method:9s} FAILED: {type(e).__name__}: {e}", flush=True)
                     continue
                 finally:
-                    _free(device)
+                    free_memory(device)
                 rounds.setdefault((backend, method), []).append(row)
                 print(f"[{i}] {backend:9s} {method:9s} {row['median_ms']:8.1f} ms/step (p10 {row['p10_ms']:.1f}, "
                       f"p90 {row['p90_ms']:.1f}; {100 * row['trainable_fraction']:.2f}% trainable)", flush=True)
