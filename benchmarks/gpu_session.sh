@@ -67,6 +67,7 @@ case "${1:-}" in
     [ -f $GGUF ] || cold
     bash .device/install.sh .device || exit 5
     name=$([ $phase = select ] && echo lr_select_gpu || echo quality_gpu)
+    name=${RESULT:-$name}  # RESULT=ars_defaults_gpu: a selection screen into its own results file
     [ -f benchmarks/results/$name.json ] && cp benchmarks/results/$name.json "$OUT/"
     # the lr chosen by this machine's select call (kept in /tmp/st), else the committed selection
     sel=$ST/lr_select_gpu.json; [ -f $sel ] || sel=benchmarks/results/lr_select_gpu.json
@@ -78,7 +79,7 @@ case "${1:-}" in
       | while IFS= read -r line; do printf '%s %s\n' "$(date +%T)" "$line"; done | tee "$OUT/$name.log"
     python3 -m ray.scripts.scripts stop --force >/dev/null 2>&1  # nothing of this call holds the GPU after it
     python3 benchmarks/quality_gpu.py collect --output-dir $dir --out "$OUT/$name.json"
-    [ $phase = select ] && cp "$OUT/$name.json" $ST/
+    [ $name = lr_select_gpu ] && cp "$OUT/$name.json" $ST/
     gzip -c $dir/mlflow.db > "$OUT/$name-mlflow.db.gz"  # loss curves, budgets, params of every trial
     ;;
   *) echo "usage: $0 stage-a|stage-b|select|proof|start|scaling [key=value ...]"; exit 2 ;;

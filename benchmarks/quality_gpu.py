@@ -35,8 +35,11 @@ from orchestrator import tracking  # noqa: E402
 from orchestrator.sweep import STATE_FILE, run_sweep  # noqa: E402
 from orchestrator.validate import load_job  # noqa: E402
 
+ARS_KNOBS = ("exploration", "tinit", "tfinal", "orth_reg_weight")
+"""ARS settings a selection may put on a grid (`search.ars.adapter.<knob>`); each ars row records them as
+its "variant", so rows of different grid points neither replace each other nor average together."""
 JOBS = {"select": REPO / "jobs" / "lr_select_gpu.yaml", "proof": REPO / "jobs" / "quality_gpu.yaml"}
-KEYS = {"select": ("task", "method", "seed", "lr", "sampling", "total_steps"),  # a row per grid point and rung
+KEYS = {"select": ("task", "method", "seed", "lr", "sampling", "variant", "total_steps"),  # a row per grid point and rung
         "proof": ("task", "method", "seed")}  # a re-run trial (e.g. at a newly selected lr) replaces its row
 # DNABERT-2's published test MCC (x100) on the 9 proof tasks, cited from its paper (Zhou et al. 2024,
 # Table 2): not measured here.
@@ -69,15 +72,27 @@ def sweep_rows(tracking_uri: str, experiment_id: str, parent_run_id: str, dev_on
         rows.append({"task": t.get("task"), "method": t.get("method"), "seed": int(t.get("seed")),
                      "lr": float(p["train.lr"]),
                      "sampling": p.get("train.adapter.sampling") if t.get("method") == "ars" else None,
+                     "variant": variant_of(p) if t.get("method") == "ars" else None,
                      "dev_mcc": m.get("best_dev_mcc"), "test_mcc": m.get("test_mcc"),
                      "trainable_params": int(m.get("trainable_params", 0)), "best_step": int(m.get("best_step", 0)),
                      "total_steps": int(m.get("total_steps", 0)), "wall_time_s": m.get("wall_time_s")})
     return rows
 
 
+def variant_of(params: dict) -> str:
+    """The ARS knobs of a trial as one string, "exploration=0.1,tinit=None,..." (MLflow params are strings)."""
+    return ",".join(f"{k}={params.get(f'train.adapter.{k}')}" for k in ARS_KNOBS)
+
+
+def variant_keys(variant: str | None) -> dict:
+    """Job-spec keys of a variant string (knobs left at their default, "None", are not set)."""
+    pairs = (kv.split("=", 1) for kv in (variant or "").split(",") if kv)
+    return {f"adapter.{k}": float(v) if "." in v else int(v) for k, v in pairs if v != "None"}
+
+
 def choose_lr(rows: list[dict]) -> dict[str, dict]:
-    """Per method: the (lr, sampling) with the highest mean dev MCC over the selection tasks (dev only),
-    as job-spec keys: {"ars": {"lr": 0.001, "adapter.sampling": "importance"}, "lora": {"lr": ...}}.
+    """Per method: the (lr, sampling, variant) with the highest mean dev MCC over the selection tasks (dev
+    only), as job-spec keys: {"ars": {"lr": 0.001, "adapter.sampling": "importance"}, "lora": {"lr": ...}}.
 
     Successive halving: a method's longest screen (most optimizer steps) decides; shorter screens over
     the whole grid only chose which learning rates reached it. A short screen favours large learning
@@ -90,15 +105,16 @@ def choose_lr(rows: list[dict]) -> dict[str, dict]:
         if int(r.get("total_steps") or 0) != longest[r["method"]]:
             continue
         if r["dev_mcc"] is not None and math.isfinite(r["dev_mcc"]):
-            by.setdefault((r["method"], r["lr"], r.get("sampling")), []).append(r["dev_mcc"])
+            by.setdefault((r["method"], r["lr"], r.get("sampling"), r.get("variant")), []).append(r["dev_mcc"])
     best: dict[str, tuple[tuple, float]] = {}
     for key, values in sorted(by.items(), key=lambda kv: str(kv[0])):
         mean = statistics.fmean(values)
         if key[0] not in best or mean > best[key[0]][1]:
             best[key[0]] = (key, mean)
     out = {}
-    for method, ((_, lr, sampling), _) in best.items():
-        out[method] = {"lr": lr, **({"adapter.sampling": sampling} if sampling is not None else {})}
+    for method, ((_, lr, sampling, variant), _) in best.items():
+        out[method] = {"lr": lr, **({"adapter.sampling": sampling} if sampling is not None else {}),
+                       **variant_keys(variant)}
     return out
 
 
