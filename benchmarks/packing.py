@@ -44,7 +44,8 @@ from benchmarks.provenance import git_commit, utc_now, write_report  # noqa: E40
 from benchmarks.step_time import free_memory, sync_device, time_project  # noqa: E402
 from lingo_core.data.loading import load_split  # noqa: E402
 from lingo_core.data.task import TaskRegistry  # noqa: E402
-from lingo_core.modeling import load_classifier, load_tokenizer, resolve_model  # noqa: E402
+from lingo_core.model_ref import resolve_model  # noqa: E402
+from lingo_core.modeling import load_classifier, load_tokenizer  # noqa: E402
 from lingo_core.multitask import MultiTaskLoRA, Routing, TaskAdapter, TaskOptimizers  # noqa: E402
 from lingo_core.tokenization import LingoTokenizer, suggest_max_length  # noqa: E402
 from lingo_core.train.config import TrainConfig  # noqa: E402

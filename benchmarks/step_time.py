@@ -43,7 +43,8 @@ from benchmarks.provenance import git_commit, utc_now, write_report  # noqa: E40
 from lingo_core.data.loading import load_split  # noqa: E402
 from lingo_core.data.task import TaskRegistry  # noqa: E402
 from lingo_core.method_names import RANK_METHODS  # noqa: E402
-from lingo_core.modeling import DEFAULT_TARGET_MODULES, load_classifier, load_tokenizer, resolve_model  # noqa: E402
+from lingo_core.model_ref import resolve_model  # noqa: E402
+from lingo_core.modeling import DEFAULT_TARGET_MODULES, load_classifier, load_tokenizer  # noqa: E402
 from lingo_core.tokenization import LingoTokenizer, suggest_max_length  # noqa: E402
 from lingo_core.train import TorchBackend, micro_step  # noqa: E402
 from lingo_core.tuners.config import AdapterSettings  # noqa: E402

@@ -102,7 +102,8 @@ def prime_cache(model: str, env: dict[str, str]) -> float:
     """Build the dense-weight cache for `model` in a separate process (this one stays free of torch):
     what a machine's first trial leaves behind. Returns its seconds (about 0 when it was already built)."""
     t0 = time.time()
-    code = "import sys; from lingo_core.modeling import dense_ref, resolve_model; dense_ref(resolve_model(sys.argv[1]))"
+    code = ("import sys; from lingo_core.model_ref import resolve_model; from lingo_core.modeling import dense_ref; "
+            "dense_ref(resolve_model(sys.argv[1]))")
     subprocess.run([sys.executable, "-c", code, model], cwd=REPO, env=env, check=True)
     return time.time() - t0
 

@@ -20,7 +20,9 @@ from torch import nn
 
 from lingo_core.adapter_checks import FORMAT_VERSION, AdapterError, read_adapter_meta
 from lingo_core.method_names import PEFT_METHODS, RANK_METHODS
-from lingo_core.modeling import BaseModelRef, load_classifier, load_tokenizer, model_identity, resolve_model
+from lingo_core.model_identity import model_identity
+from lingo_core.model_ref import BaseModelRef, resolve_model
+from lingo_core.modeling import load_classifier, load_tokenizer
 from lingo_core.storage import atomic_dir, sha256_file
 from lingo_core.tokenization import LingoTokenizer, PromptTemplate
 

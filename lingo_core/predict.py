@@ -32,7 +32,8 @@ from lingo_core.artifacts import apply_adapter, read_meta, resolve_base
 from lingo_core.data.errors import DataError
 from lingo_core.data.loading import invalid_letter
 from lingo_core.method_names import RANK_METHODS
-from lingo_core.modeling import load_classifier, load_tokenizer, model_identity
+from lingo_core.model_identity import model_identity
+from lingo_core.modeling import load_classifier, load_tokenizer
 from lingo_core.tokenization import LingoTokenizer, PromptTemplate
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from mlflow.types import ColSpec, Schema  # noqa: E402
 
 import lingo_core  # noqa: E402
 from lingo_core.artifacts import read_meta  # noqa: E402
-from lingo_core.modeling import is_bundled_alias  # noqa: E402
+from lingo_core.model_ref import is_bundled_alias  # noqa: E402
 from lingo_core.predict import prediction_columns  # noqa: E402
 from orchestrator.tracking import ADAPTER_ARTIFACT, MODEL_ARTIFACT  # noqa: E402
 

@@ -31,7 +31,7 @@ def gue_root() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_ref():
-    from lingo_core.modeling import resolve_model
+    from lingo_core.model_ref import resolve_model
 
     return resolve_model("smollm2")
 

@@ -145,7 +145,8 @@ def build_report(
     selected = registry.select(list(tasks))
     if tokenizer is None:
         # transformers is heavy: imported only when no tokenizer was handed in (tests pass one)
-        from lingo_core.modeling import load_tokenizer, resolve_model
+        from lingo_core.model_ref import resolve_model
+        from lingo_core.modeling import load_tokenizer
 
         tokenizer = load_tokenizer(resolve_model(model))
     bbpe_lengths, onehot_overhead = _length_functions(tokenizer)

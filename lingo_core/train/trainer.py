@@ -208,7 +208,9 @@ def train(
 ) -> TrainResult:
     """Train `cfg` on `backend` (plain PyTorch when None). `clock`: the caller's start-up marks, continued
     here with data, tokenized, model, backend_ready and first_step (lingo_core/startup.py)."""
-    from lingo_core.modeling import load_classifier, load_tokenizer, model_identity, resolve_model
+    from lingo_core.model_identity import model_identity
+    from lingo_core.model_ref import resolve_model
+    from lingo_core.modeling import load_classifier, load_tokenizer
     from lingo_core.tokenization import TEMPLATE, LingoTokenizer, suggest_max_length
     from lingo_core.tuners.methods import build_model
 

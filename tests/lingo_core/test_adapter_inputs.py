@@ -16,7 +16,9 @@ import torch
 from lingo_core.adapter_checks import AdapterError
 from lingo_core.artifacts import load_adapter, save_adapter
 from lingo_core.data.task import TaskSpec
-from lingo_core.modeling import load_classifier, model_identity, resolve_model
+from lingo_core.model_identity import model_identity
+from lingo_core.model_ref import resolve_model
+from lingo_core.modeling import load_classifier
 from lingo_core.tokenization import TEMPLATE
 from lingo_core.tuners.config import AdapterSettings
 from lingo_core.tuners.methods import build_model

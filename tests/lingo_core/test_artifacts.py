@@ -8,7 +8,9 @@ import torch
 
 from lingo_core.artifacts import load_adapter, save_adapter
 from lingo_core.data.task import TaskSpec
-from lingo_core.modeling import load_classifier, load_tokenizer, model_identity, resolve_model
+from lingo_core.model_identity import model_identity
+from lingo_core.model_ref import resolve_model
+from lingo_core.modeling import load_classifier, load_tokenizer
 from lingo_core.plots import confusion_matrix_png, rank_grid, rank_heatmap
 from lingo_core.tokenization import TEMPLATE, LingoTokenizer
 from lingo_core.tuners.config import AdapterSettings

@@ -10,15 +10,13 @@ import pytest
 import torch
 from torch import nn
 
+from lingo_core.model_identity import model_identity
+from lingo_core.model_ref import DEFAULT_MODEL, BaseModelRef, resolve_model
 from lingo_core.modeling import (
-    DEFAULT_MODEL,
     DEFAULT_TARGET_MODULES,
-    BaseModelRef,
     family,
     load_classifier,
     load_tokenizer,
-    model_identity,
-    resolve_model,
     save_tiny_random_model,
 )
 from lingo_core.tokenization import LingoTokenizer

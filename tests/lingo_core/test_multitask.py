@@ -12,7 +12,8 @@ import pytest
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 
-from lingo_core.modeling import DEFAULT_TARGET_MODULES, load_classifier, load_tokenizer, resolve_model
+from lingo_core.model_ref import resolve_model
+from lingo_core.modeling import DEFAULT_TARGET_MODULES, load_classifier, load_tokenizer
 from lingo_core.multitask import MultiTaskLoRA, Routing, TaskAdapter, TaskOptimizers
 from lingo_core.tokenization import LingoTokenizer
 

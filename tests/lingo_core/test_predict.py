@@ -20,7 +20,9 @@ from lingo_core.artifacts import load_adapter, save_adapter
 from lingo_core.data.loading import DataError
 from lingo_core.data.sequences import read_sequences
 from lingo_core.data.task import TaskSpec
-from lingo_core.modeling import load_classifier, model_identity, resolve_model
+from lingo_core.model_identity import model_identity
+from lingo_core.model_ref import resolve_model
+from lingo_core.modeling import load_classifier
 from lingo_core.predict import PredictError, Predictor, PredictSettings, prediction_columns
 from lingo_core.tokenization import TEMPLATE
 from lingo_core.tuners.config import AdapterSettings

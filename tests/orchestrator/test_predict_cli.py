@@ -82,7 +82,8 @@ def _in_process(adapter: Path, seqs: list[str]) -> np.ndarray:
 
 def _bare(adapter: Path, seqs: list[str]) -> np.ndarray:
     """The base the export was trained on, with a fresh head and no adapter."""
-    from lingo_core.modeling import load_classifier, resolve_model
+    from lingo_core.model_ref import resolve_model
+    from lingo_core.modeling import load_classifier
 
     model, tok, meta = load_adapter(adapter)
     torch.manual_seed(1234)
@@ -101,7 +102,8 @@ def test_champion_loads_as_pyfunc_and_matches_the_in_process_model(store: dict, 
     from peft import PeftModel
 
     from lingo_core.data.digest import task_digest
-    from lingo_core.modeling import load_classifier, resolve_model
+    from lingo_core.model_ref import resolve_model
+    from lingo_core.modeling import load_classifier
 
     c, task = store["client"], "prom_core_tata"
     name = tracking.model_name(task)
@@ -218,7 +220,9 @@ def _register_copy(store: dict, task: str, edit, tmp: Path, legacy: bool = False
 
 def test_lingo_predict_refuses_bad_input_with_one_line_and_writes_nothing(store: dict, tmp_path: Path,
                                                                           tiny_model_dir: Path) -> None:
-    from lingo_core.modeling import model_identity, resolve_model, save_tiny_random_model
+    from lingo_core.model_identity import model_identity
+    from lingo_core.model_ref import resolve_model
+    from lingo_core.modeling import save_tiny_random_model
 
     good = f"models:/{tracking.model_name('prom_core_tata')}@champion"
     seqs = store["seqs"]["prom_core_tata"][:3]
@@ -335,7 +339,8 @@ def test_real_smollm2_pyfunc_matches_in_process(store: dict, smollm2_ref, tmp_pa
 
     from lingo_core.artifacts import save_adapter
     from lingo_core.data.task import TaskSpec
-    from lingo_core.modeling import load_classifier, load_tokenizer, model_identity
+    from lingo_core.model_identity import model_identity
+    from lingo_core.modeling import load_classifier, load_tokenizer
     from lingo_core.tokenization import TEMPLATE, LingoTokenizer
     from lingo_core.tuners.config import AdapterSettings
     from lingo_core.tuners.methods import build_model

@@ -20,7 +20,7 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_llama_ref(tiny_model_dir):
-    from lingo_core.modeling import resolve_model
+    from lingo_core.model_ref import resolve_model
 
     return resolve_model(str(tiny_model_dir))
 
