@@ -66,7 +66,7 @@ def worker_fn(cfg: dict) -> None:
     from benchmarks.step_time import timing_settings
     from lingo_core.train import micro_step
     from lingo_core.tuners.methods import build_model
-    from orchestrator.worker import DeepSpeedBackend, DeepSpeedSettings
+    from orchestrator.deepspeed_backend import DeepSpeedBackend, DeepSpeedSettings
 
     backend = DeepSpeedBackend(DeepSpeedSettings(
         zero_stage=cfg["zero_stage"], micro_batch_size=cfg["batch_size"], grad_accum=1,

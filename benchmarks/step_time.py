@@ -112,7 +112,7 @@ def timing_settings(method: str, warmup: int) -> AdapterSettings:
 def _backend(name: str, device: torch.device, batch_size: int, ds_config: dict):
     if name == "torch":
         return TorchBackend(device, grad_accum=1, max_grad_norm=1.0)
-    from orchestrator.worker import DeepSpeedBackend, DeepSpeedSettings
+    from orchestrator.deepspeed_backend import DeepSpeedBackend, DeepSpeedSettings
 
     return DeepSpeedBackend(DeepSpeedSettings(zero_stage=2, micro_batch_size=batch_size, grad_accum=1,
                                               config=ds_config))

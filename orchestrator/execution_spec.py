@@ -63,8 +63,8 @@ class ResourcesSpec:
 
 @dataclass
 class DeepSpeedSpec:
-    """The job's `deepspeed` block: the one declaration of these fields (worker.DeepSpeedSettings extends
-    it with the trial's batch size, accumulation and clip)."""
+    """The job's `deepspeed` block: the one declaration of these fields (deepspeed_backend.DeepSpeedSettings
+    extends it with the trial's batch size, accumulation and clip)."""
 
     enabled: bool = True  # false: each trial trains in one plain PyTorch process (workers_per_trial 1 only);
     # with one worker ZeRO shards nothing, and the plain step skips DeepSpeed's per-parameter hooks

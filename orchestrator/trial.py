@@ -49,7 +49,7 @@ def worker_config(job: Any, config: dict, cfg: Any, trial_id: str, tracking_uri:
     """What every Train worker of the trial gets (train_worker_fn's config): the resolved TrainConfig and
     DeepSpeedSettings themselves, which Ray pickles and each worker uses as they are (never rebuilt), and
     the driver's start-up marks, which the worker's StartupClock continues (startup/<phase>_s metrics)."""
-    from orchestrator.worker import DeepSpeedSettings  # torch, for the reason in trial_config
+    from orchestrator.deepspeed_backend import DeepSpeedSettings  # torch, for the reason in trial_config
 
     cell = config["cell"]
     return {"train": cfg, "deepspeed": DeepSpeedSettings.for_train(cfg, job.deepspeed),

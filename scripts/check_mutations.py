@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONTROLLER = "lingo_core/tuners/ars/model.py"
 SAMPLER = "lingo_core/tuners/ars/sampler.py"
 LAYER = "lingo_core/tuners/ars/layer.py"
-WORKER = "orchestrator/worker.py"
+DEEPSPEED_BACKEND = "orchestrator/deepspeed_backend.py"
 T_CONTROLLER = "tests/lingo_core/tuners/test_ars_controller.py"
 T_SAMPLER = "tests/lingo_core/tuners/test_ars_sampler.py"
 T_TRAINER = "tests/lingo_core/train/test_trainer.py"
@@ -102,7 +102,7 @@ MUTATIONS = [
              "        self.generator.manual_seed(int(seed) + (dist.get_rank() if dist.is_initialized() else 0))",
              (T_WORKER,)),
     Mutation("bf16_over_master", "the dev-selected weights are read from the bf16 module copy, then written over the fp32 master",
-             WORKER,
+             DEEPSPEED_BACKEND,
              "(p.data if master is None else master)",
              "p.data",
              (T_WORKER,)),

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from orchestrator.deepspeed_backend import DeepSpeedSettings
 from orchestrator.execution_spec import DeepSpeedSpec
 from orchestrator.jobspec import FieldError
-from orchestrator.worker import DeepSpeedSettings
 
 TRAIN_FIELDS = {"micro_batch_size", "grad_accum", "max_grad_norm"}  # from the TrainConfig, not the job
 

@@ -14,11 +14,11 @@ from ray import cloudpickle
 
 from lingo_core.train import TorchBackend, TrainConfig
 from lingo_core.train.backend import check_backend
+from orchestrator.deepspeed_backend import DeepSpeedSettings, build_backend
 from orchestrator.jobspec import resolve_tasks
 from orchestrator.search import MethodSampler, cells
 from orchestrator.trial import trial_config, worker_config
 from orchestrator.validate import load_job
-from orchestrator.worker import DeepSpeedSettings, build_backend
 
 SPEC = {
     "name": "travel", "tasks": ["tf/0"], "methods": ["ars"], "seeds": [3],

@@ -72,7 +72,7 @@ def _spawn(fn_name: str, tmp_path: Path, timeout_s: float = 600) -> None:
 
 
 def _backend(stage: int, lr: float):
-    from orchestrator.worker import DeepSpeedBackend, DeepSpeedSettings
+    from orchestrator.deepspeed_backend import DeepSpeedBackend, DeepSpeedSettings
 
     b = DeepSpeedBackend(DeepSpeedSettings(zero_stage=stage, micro_batch_size=4, grad_accum=1))
     # weight_decay 0: the lr=0 cases need steps that leave parameters exactly unchanged
@@ -143,7 +143,7 @@ def case_shards_are_this_ranks_slice_of_the_whole(rank: int, tmp: Path) -> None:
 def case_bf16_master_survives_state_roundtrip(rank: int, tmp: Path) -> None:
     """Under bf16 the module holds bf16 copies; trainable_state() -> load_trainable_state() (how the trainer
     restores the dev-selected weights) must hand back the fp32 master, never a bf16-rounded copy."""
-    from orchestrator.worker import DeepSpeedBackend, DeepSpeedSettings
+    from orchestrator.deepspeed_backend import DeepSpeedBackend, DeepSpeedSettings
 
     b = DeepSpeedBackend(DeepSpeedSettings(zero_stage=2, micro_batch_size=4, grad_accum=1, bf16=True))
     engine = b.prepare(_model(), lr=1e-2, weight_decay=0.0, warmup_steps=0, total_steps=100)
@@ -170,7 +170,7 @@ def case_ars_ranks_agree(rank: int, tmp: Path) -> None:
     from transformers import OPTConfig, OPTForSequenceClassification
 
     from lingo_core.tuners import AdapterSettings, build_model
-    from orchestrator.worker import DeepSpeedBackend, DeepSpeedSettings
+    from orchestrator.deepspeed_backend import DeepSpeedBackend, DeepSpeedSettings
 
     torch.manual_seed(0)
     config = OPTConfig(vocab_size=64, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
@@ -259,7 +259,7 @@ def case_zero3_state_and_write(rank: int, tmp: Path) -> None:
 def case_offloaded_steps(rank: int, tmp: Path) -> None:
     """ZeRO-3 with parameters and optimizer offloaded to CPU (the job spec's offload_* switches) trains: the
     torch AdamW steps the CPU copy (DeepSpeed refuses a client optimizer under offload unless told to)."""
-    from orchestrator.worker import DeepSpeedBackend, DeepSpeedSettings
+    from orchestrator.deepspeed_backend import DeepSpeedBackend, DeepSpeedSettings
 
     b = DeepSpeedBackend(DeepSpeedSettings(zero_stage=3, micro_batch_size=4, grad_accum=1,
                                            offload_optimizer=True, offload_param=True))
@@ -292,8 +292,8 @@ def test_checkpoint_tag_is_never_latest(tmp_path: Path) -> None:
 
 def test_disabled_deepspeed_builds_the_plain_backend() -> None:
     from lingo_core.train import TorchBackend, TrainConfig
+    from orchestrator.deepspeed_backend import DeepSpeedSettings, build_backend
     from orchestrator.execution_spec import DeepSpeedSpec
-    from orchestrator.worker import DeepSpeedSettings, build_backend
 
     cfg = TrainConfig(task="prom_core_tata", grad_accum=2, max_grad_norm=0.5)
     backend = build_backend(cfg, DeepSpeedSettings.for_train(cfg, DeepSpeedSpec(enabled=False)))
@@ -307,8 +307,8 @@ def test_deepspeed_settings_of_a_trial_pass_the_trainers_check() -> None:
 
     from lingo_core.train import TrainConfig
     from lingo_core.train.backend import check_backend
+    from orchestrator.deepspeed_backend import DeepSpeedSettings
     from orchestrator.execution_spec import DeepSpeedSpec
-    from orchestrator.worker import DeepSpeedSettings
 
     cfg = TrainConfig(task="prom_core_tata", grad_accum=3, max_grad_norm=0.25)
     check_backend(SimpleNamespace(settings=DeepSpeedSettings.for_train(cfg, DeepSpeedSpec(zero_stage=2))), cfg)

@@ -31,7 +31,7 @@ def test_train_refuses_a_backend_that_disagrees_with_the_config(tmp_path, kw, na
 
 
 def test_settings_object_backends_are_checked_too():
-    """DeepSpeedBackend keeps its accumulation and clip on `.settings` (orchestrator/worker.py)."""
+    """DeepSpeedBackend keeps its accumulation and clip on `.settings` (orchestrator/deepspeed_backend.py)."""
     cfg = TrainConfig(task="prom_core_tata", grad_accum=4, max_grad_norm=1.0)
     check_backend(SimpleNamespace(settings=SimpleNamespace(grad_accum=4, max_grad_norm=1.0)), cfg)
     with pytest.raises(ValueError, match="grad_accum is 1 but TrainConfig.grad_accum is 4"):
