@@ -46,7 +46,9 @@ from lingo_core.data.loading import load_split  # noqa: E402
 from lingo_core.data.task import TaskRegistry  # noqa: E402
 from lingo_core.model_ref import resolve_model  # noqa: E402
 from lingo_core.modeling import load_classifier, load_tokenizer  # noqa: E402
-from lingo_core.multitask import MultiTaskLoRA, Routing, TaskAdapter, TaskOptimizers  # noqa: E402
+from lingo_core.multitask import MultiTaskLoRA  # noqa: E402
+from lingo_core.routed_lora import Routing, TaskAdapter  # noqa: E402
+from lingo_core.task_optimizers import TaskOptimizers  # noqa: E402
 from lingo_core.tokenization import LingoTokenizer, suggest_max_length  # noqa: E402
 from lingo_core.train.config import TrainConfig  # noqa: E402
 from lingo_core.tuners.config import AdapterSettings  # noqa: E402

@@ -20,125 +20,28 @@ one AdamW per task, is repeated per task).
 A task with a smaller rank than the largest uses the first r_t rows of A[t] (and columns of B[t]); the
 rest are zero, get zero gradient and stay zero. Task j's loss reaches only A[j], B[j] and head[j], so
 one backward of the summed per-task losses (`task_losses`) gives each task exactly its own gradient.
-`TaskOptimizers` gives each task its own AdamW, schedule and clipping over views of its slices
-(`task_parameters`): optimizer state and schedules stay per task while the forward stays stacked.
+`lingo_core.task_optimizers.TaskOptimizers` gives each task its own AdamW, schedule and clipping over
+views of its slices (`task_parameters`): optimizer state and schedules stay per task while the forward
+stays stacked. The routed layer, the routing and a task's slot are `lingo_core.routed_lora`'s; this
+module owns the model: wrapping a classifier, the forward and losses, and one task's weights in and out
+(its own state, or a PEFT LoRA / AdaLoRA model's).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
 from lingo_core.modeling import DEFAULT_TARGET_MODULES, family
-from lingo_core.train.backend import frozen_to_bf16, linear_warmup_decay
-from lingo_core.train.config import TrainConfig
+from lingo_core.routed_lora import RoutedLoRALinear, RouteSlot, Routing, TaskAdapter, last_token_index
+from lingo_core.train.backend import frozen_to_bf16
 from lingo_core.tuners.config import AdapterSettings
 
-__all__ = ["MultiTaskLoRA", "RoutedLoRALinear", "Routing", "TaskAdapter", "TaskOptimizers", "last_token_index"]
-
-
-@dataclass(frozen=True)
-class TaskAdapter:
-    """One task's slot in a `MultiTaskLoRA`: its classes and its LoRA rank budget."""
-
-    name: str
-    """Task name, for messages and logs (e.g. "EMP/H3")."""
-    num_labels: int
-    """Classes of the task's head (the stacked head has the largest count; the extra rows are masked)."""
-    r: int = AdapterSettings.lora_r  # the single-task LoRA default: a packed task trains as it would alone
-    """LoRA rank of this task."""
-    alpha: float = AdapterSettings.lora_alpha  # the single-task default, for the same reason
-    """LoRA scaling numerator: the update is scaled by alpha / r."""
-
-    def __post_init__(self) -> None:
-        if self.num_labels < 2:
-            raise ValueError(f"TaskAdapter({self.name!r}).num_labels={self.num_labels}: expected >= 2")
-        if self.r < 1:
-            raise ValueError(f"TaskAdapter({self.name!r}).r={self.r}: expected a rank >= 1")
-        if self.alpha <= 0:
-            raise ValueError(f"TaskAdapter({self.name!r}).alpha={self.alpha}: expected > 0")
-
-
-@dataclass(frozen=True)
-class Routing:
-    """Which task each row of a batch belongs to; build with `blocks` or `per_row`."""
-
-    rows_per_task: int | None = None
-    """Blocks layout: rows [k*B, (k+1)*B) belong to task k, for every task of the model."""
-    task_ids: torch.Tensor | None = None
-    """Per-row layout: the task of each row (LongTensor [N]), in any order."""
-
-    def __post_init__(self) -> None:
-        if (self.rows_per_task is None) == (self.task_ids is None):
-            raise ValueError("Routing needs exactly one of rows_per_task and task_ids; use blocks() or per_row()")
-        if self.rows_per_task is not None and self.rows_per_task < 1:
-            raise ValueError(f"Routing.rows_per_task={self.rows_per_task}: expected >= 1")
-
-    @classmethod
-    def blocks(cls, rows_per_task: int) -> Routing:
-        """Rows laid out as one contiguous block of `rows_per_task` per task, in task order (training)."""
-        return cls(rows_per_task=rows_per_task)
-
-    @classmethod
-    def per_row(cls, task_ids: torch.Tensor | Sequence[int]) -> Routing:
-        """Any layout: `task_ids[i]` is the task of row i (prediction over mixed requests)."""
-        return cls(task_ids=torch.as_tensor(task_ids, dtype=torch.long))
-
-
-class _RouteSlot:
-    """The routing of the forward in progress, shared by every routed layer of one model: set once per
-    forward instead of once per layer."""
-
-    def __init__(self) -> None:
-        self.routing: Routing | None = None
-        self.ids: torch.Tensor | None = None  # per-row layout: task ids already on the device
-
-
-class RoutedLoRALinear(nn.Module):
-    """A frozen `nn.Linear` plus K tasks' LoRA factors, applied per row by the current routing."""
-
-    def __init__(self, base: nn.Linear, tasks: Sequence[TaskAdapter], dropout: float, slot: _RouteSlot) -> None:
-        super().__init__()
-        self.base = base
-        self.slot = slot
-        r_max = max(t.r for t in tasks)
-        self.lora_A = nn.Parameter(torch.zeros(len(tasks), r_max, base.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(len(tasks), base.out_features, r_max))  # zero: starts as the base
-        for k, task in enumerate(tasks):
-            # As nn.Linear and PEFT's LoRA A: kaiming-uniform with a = sqrt(5), i.e. U(+-1/sqrt(in)).
-            nn.init.kaiming_uniform_(self.lora_A.data[k, : task.r], a=math.sqrt(5))
-        self.register_buffer("scaling", torch.tensor([t.alpha / t.r for t in tasks], dtype=torch.float32))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
-        route = self.slot.routing
-        if route is None:
-            raise RuntimeError("RoutedLoRALinear called outside MultiTaskLoRA.forward: no routing is set")
-        x = self.dropout(x)
-        # The scale folded into B: a [K, out, r] product, cheaper than scaling [N, T, out] activations.
-        b = self.lora_B * self.scaling.view(-1, 1, 1)
-        a, b = self.lora_A.to(x.dtype), b.to(x.dtype)  # bf16 base on CUDA: match its activations
-        if route.rows_per_task is not None:
-            rows = x.reshape(a.shape[0], -1, x.shape[-1])  # [K, B*T, in]: one matmul for all tasks
-            delta = torch.bmm(torch.bmm(rows, a.transpose(1, 2)), b.transpose(1, 2))
-        else:
-            rows = x.reshape(x.shape[0], -1, x.shape[-1])  # [N, T, in]
-            ids = self.slot.ids
-            delta = torch.bmm(torch.bmm(rows, a[ids].transpose(1, 2)), b[ids].transpose(1, 2))
-        return out + delta.view_as(out)
-
-
-def last_token_index(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
-    """Position of the last non-pad token of each row, as transformers' sequence classifiers pool."""
-    non_pad = (input_ids != pad_token_id).to(torch.int32)
-    positions = torch.arange(input_ids.shape[-1], device=input_ids.device, dtype=torch.int32)
-    return (positions * non_pad).argmax(-1)
+__all__ = ["MultiTaskLoRA"]
 
 
 class MultiTaskLoRA(nn.Module):
@@ -170,7 +73,7 @@ class MultiTaskLoRA(nn.Module):
         targets = list(target_modules or DEFAULT_TARGET_MODULES.get(family(classifier), []))
         backbone = getattr(classifier, classifier.base_model_prefix)
         backbone.requires_grad_(False)
-        self._slot = _RouteSlot()
+        self._slot = RouteSlot()
         self.layer_names: list[str] = []
         for name, module in list(backbone.named_modules()):
             parent_name, _, leaf = name.rpartition(".")
@@ -382,69 +285,3 @@ def _peft_factors(layer: nn.Module, adapter: str) -> tuple[torch.Tensor, torch.T
             or layer.lora_B[adapter].bias is not None):
         raise ValueError("not plain LoRA (a variant such as DoRA, or a bias); route plain LoRA only")
     return layer.lora_A[adapter].weight.detach(), layer.lora_B[adapter].weight.detach(), float(layer.scaling[adapter])
-
-
-class TaskOptimizers:
-    """Per task: AdamW over its own slices, linear warm-up/decay schedule, clipping by its own norm.
-
-    The views of `task_parameters` get their gradients as slices of the stacked gradients, linked once
-    and then zeroed in place after every step (so backward accumulates into the same tensors and no
-    per-step relinking of hundreds of tensors is needed). Build after `MultiTaskLoRA.place`.
-    """
-
-    def __init__(
-        self,
-        model: MultiTaskLoRA,
-        *,
-        total_steps: int | Sequence[int],
-        lr: float | Sequence[float] = TrainConfig.lr,  # the single-task default
-        weight_decay: float = TrainConfig.weight_decay,  # the single-task default
-        warmup_steps: int | Sequence[int] = 0,  # callers derive it from TrainConfig.warmup_ratio per task
-        max_grad_norm: float | None = TrainConfig.max_grad_norm,  # per task, as each single-task run clips
-    ) -> None:
-        num_tasks = len(model.tasks)
-        self.max_grad_norm = max_grad_norm or None
-        self._stacked = model.stacked_parameters()
-        self._linked: list[torch.Tensor | None] = [None] * len(self._stacked)
-        self.views = [model.task_parameters(k) for k in range(num_tasks)]
-        device = self._stacked[0].device
-        # As TorchBackend: one fused kernel per task on GPU; foreach=False on CPU for identical numerics.
-        fast = {"fused": True} if device.type == "cuda" else {"foreach": False}
-        lrs, warm, total = (_per_task(v, num_tasks, n) for v, n in
-                            ((lr, "lr"), (warmup_steps, "warmup_steps"), (total_steps, "total_steps")))
-        self.optimizers = [torch.optim.AdamW(self.views[k], lr=lrs[k], weight_decay=weight_decay, **fast)
-                           for k in range(num_tasks)]
-        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup_decay(int(w), int(t)))
-                           for opt, w, t in zip(self.optimizers, warm, total, strict=True)]
-
-    def _link(self) -> None:
-        for i, stacked in enumerate(self._stacked):
-            grad = stacked.grad
-            if grad is self._linked[i]:
-                continue  # the usual case: backward accumulated into the linked tensor
-            for k, views in enumerate(self.views):
-                if grad is not None and views[i].data_ptr() != stacked.detach()[k].data_ptr():
-                    raise RuntimeError("the model was moved after TaskOptimizers was built; build it after place()")
-                views[i].grad = None if grad is None else grad[k]
-            self._linked[i] = grad
-
-    def step(self) -> None:
-        """Clip, step and schedule every task on its own gradient, then zero the gradients in place."""
-        self._link()
-        for views, opt, sched in zip(self.views, self.optimizers, self.schedulers, strict=True):
-            if self.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(views, self.max_grad_norm)
-            opt.step()
-            sched.step()
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=False)  # in place: the stacked gradients stay linked to the views
-
-    def current_lr(self, k: int) -> float:
-        return float(self.schedulers[k].get_last_lr()[0])
-
-
-def _per_task(value: float | Sequence[float], num_tasks: int, what: str) -> list[float]:
-    values = [value] * num_tasks if isinstance(value, (int, float)) else list(value)
-    if len(values) != num_tasks:
-        raise ValueError(f"TaskOptimizers.{what}: {len(values)} values for {num_tasks} tasks")
-    return values

@@ -202,7 +202,7 @@ class Predictor:
         """(probabilities, sequences cut) of every routed export, by its index in `adapters`: its block of
         the stacked batch is `seqs` tokenized its own way; the stack is right-padded to the widest block
         (padding after a row's last token changes nothing under causal attention)."""
-        from lingo_core.multitask import Routing  # imported by _route already; see there
+        from lingo_core.routed_lora import Routing  # imported by _route already; see there
 
         slots = sorted((a.slot, k) for k, a in enumerate(self.adapters) if a.slot is not None)
         encoded = {k: [self.adapters[k].tokenizer.encode(s, self.adapters[k].meta["description"]) for s in seqs]

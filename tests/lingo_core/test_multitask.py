@@ -14,7 +14,9 @@ from peft import LoraConfig, TaskType, get_peft_model
 
 from lingo_core.model_ref import resolve_model
 from lingo_core.modeling import DEFAULT_TARGET_MODULES, load_classifier, load_tokenizer
-from lingo_core.multitask import MultiTaskLoRA, Routing, TaskAdapter, TaskOptimizers
+from lingo_core.multitask import MultiTaskLoRA
+from lingo_core.routed_lora import Routing, TaskAdapter
+from lingo_core.task_optimizers import TaskOptimizers
 from lingo_core.tokenization import LingoTokenizer
 
 # Three tasks that differ in every per-task setting: classes, rank, and scale alpha / r (2, 2, 1).
