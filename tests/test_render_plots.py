@@ -1,5 +1,6 @@
-"""benchmarks/render_plots.py: every current result file becomes a real PNG that names its source, and
-`--check` fails on a result file without a renderer, without a plot, or with a plot of older bytes.
+"""benchmarks/render_plots.py and its renderers (benchmarks/plot_renderers.py): every current result file
+becomes a real PNG that names its source, and `--check` fails on a result file without a renderer,
+without a plot, or with a plot of older bytes.
 
 Renders the committed files (no benchmark runs) into a tmp folder, plus synthetic files for the kinds other
 benchmark will write (scaling), whose exact keys are not fixed yet.
@@ -18,6 +19,7 @@ import pytest
 from PIL import Image
 
 from benchmarks import render_plots as rp
+from benchmarks.plot_renderers import Unplottable
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIN_PNG_BYTES = 10_000  # the real plots are 20-70 KB
@@ -194,7 +196,7 @@ def test_renderers_for_files_still_to_come(name: str, contents: dict, shown: lis
 def test_a_file_without_the_expected_rows_says_what_it_found(tmp_path: Path) -> None:
     source = tmp_path / "packing_gpu.json"
     source.write_text(json.dumps({"results": {"k": 1}}))
-    with pytest.raises(rp.Unplottable, match="top-level keys: \\['results'\\]"):
+    with pytest.raises(Unplottable, match="top-level keys: \\['results'\\]"):
         rp.render(source, tmp_path)
 
 
