@@ -22,11 +22,11 @@ from lingo_core.adapter_checks import FORMAT_VERSION, AdapterError, read_adapter
 from lingo_core.method_names import PEFT_METHODS, RANK_METHODS
 from lingo_core.model_identity import model_identity
 from lingo_core.model_ref import BaseModelRef, resolve_model
-from lingo_core.modeling import load_classifier, load_tokenizer
+from lingo_core.modeling import HEAD_NAMES, load_classifier, load_tokenizer
 from lingo_core.storage import atomic_dir, sha256_file
 from lingo_core.tokenization import LingoTokenizer, PromptTemplate
 
-_HEAD_NAMES = ("score", "classifier", "classification_head")  # LLaMA/OPT use score; BERT-likes classifier
+_HEAD_NAMES = (*HEAD_NAMES, "classification_head")  # LLaMA/OPT use score; BERT-likes classifier
 
 
 def _base_model(model: nn.Module) -> nn.Module:

@@ -42,6 +42,8 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "gpt2": ["c_attn", "c_proj", "c_fc"],
 }
 """Attention + MLP projection names per model family (``config.model_type``), the default adapter targets."""
+HEAD_NAMES = ("score", "classifier")
+"""The head attribute of HF sequence classifiers (LLaMA/OPT: score): new for every task, never part of the base."""
 
 
 @contextlib.contextmanager
@@ -148,8 +150,7 @@ def _build_dense(ref: BaseModelRef, folder: Path) -> None:
 
 
 def _head_prefixes(model: PreTrainedModel) -> tuple[str, ...]:
-    # The classification head (LLaMA: score, OPT: score): new for every task, never part of the base.
-    return tuple(name + "." for name, _ in model.named_children() if name in ("score", "classifier"))
+    return tuple(name + "." for name, _ in model.named_children() if name in HEAD_NAMES)
 
 
 def _from_pretrained(ref: BaseModelRef, num_labels: int) -> PreTrainedModel:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from lingo_core.modeling import DEFAULT_TARGET_MODULES, family
+from lingo_core.modeling import DEFAULT_TARGET_MODULES, HEAD_NAMES, family
 from lingo_core.routed_lora import RoutedLoRALinear, RouteSlot, Routing, TaskAdapter, last_token_index
 from lingo_core.train.backend import frozen_to_bf16
 from lingo_core.tuners.config import AdapterSettings
@@ -235,7 +235,7 @@ class MultiTaskLoRA(nn.Module):
 
     @staticmethod
     def _peft_head(peft_model: nn.Module, adapter: str) -> nn.Linear:
-        heads = [m for n, m in peft_model.named_modules() if n.rpartition(".")[2] in ("score", "classifier")
+        heads = [m for n, m in peft_model.named_modules() if n.rpartition(".")[2] in HEAD_NAMES
                  and hasattr(m, "modules_to_save")]
         if len(heads) != 1:
             raise ValueError(f"found {len(heads)} trainable heads (score in modules_to_save) in the PEFT model")

@@ -33,13 +33,12 @@ from lingo_core.data.errors import DataError
 from lingo_core.data.loading import invalid_letter
 from lingo_core.method_names import RANK_METHODS
 from lingo_core.model_identity import model_identity
-from lingo_core.modeling import load_classifier, load_tokenizer
+from lingo_core.modeling import HEAD_NAMES, load_classifier, load_tokenizer
 from lingo_core.tokenization import LingoTokenizer, PromptTemplate
 
 if TYPE_CHECKING:
     from lingo_core.multitask import MultiTaskLoRA
 
-_HEAD_NAMES = ("score", "classifier")  # the head attribute of HF sequence classifiers (LLaMA/OPT: score)
 _ROUTED_METHODS = ("lora", *RANK_METHODS)  # what MultiTaskLoRA.from_peft_models loads exactly
 
 
@@ -227,7 +226,7 @@ def _shared_copy(base: nn.Module) -> nn.Module:
 
 def _fresh_head(model: nn.Module, num_labels: int) -> None:
     """Give a classifier a new head of `num_labels` outputs (its values come from the export)."""
-    for name in _HEAD_NAMES:
+    for name in HEAD_NAMES:
         old = getattr(model, name, None)
         if isinstance(old, nn.Linear):
             setattr(model, name, nn.Linear(old.in_features, num_labels, bias=old.bias is not None,
@@ -236,4 +235,4 @@ def _fresh_head(model: nn.Module, num_labels: int) -> None:
             if hasattr(model, "num_labels"):
                 model.num_labels = num_labels
             return
-    raise ValueError(f"{type(model).__name__} has no linear head named one of {_HEAD_NAMES}")
+    raise ValueError(f"{type(model).__name__} has no linear head named one of {HEAD_NAMES}")

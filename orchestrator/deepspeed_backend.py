@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lingo_core.train.backend import TorchBackend, linear_warmup_decay
+from lingo_core.train.backend import TorchBackend, adamw_groups, check_state_names, linear_warmup_decay
 from lingo_core.tuners.ars.shards import Shard, ShardAccess, WholeParams
 from orchestrator.execution_spec import DeepSpeedSpec
 
@@ -101,13 +101,8 @@ class DeepSpeedBackend:
             raise ValueError("model has no trainable parameters; check the adapter method")
         ids = {id(p) for p in self._params}
         self._names = {id(p): n for n, p in model.named_parameters() if id(p) in ids}
-        # As TorchBackend: no decay on biases / norm weights; foreach=False for grouping-independent numerics.
-        decay = [p for p in self._params if p.ndim >= 2]
-        no_decay = [p for p in self._params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}]
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0})
-        optimizer = torch.optim.AdamW(groups, lr=lr, foreach=False)
+        # As TorchBackend's groups; foreach=False for grouping-independent numerics.
+        optimizer = torch.optim.AdamW(adamw_groups(self._params, weight_decay), lr=lr, foreach=False)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup_steps, total_steps))
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=self.ds_config(), dist_init_required=False)
@@ -175,10 +170,7 @@ class DeepSpeedBackend:
 
     def load_trainable_state(self, sd: dict[str, torch.Tensor]) -> None:
         by_name = {self._names[id(p)]: p for p in self._params}
-        missing = sorted(set(by_name) - set(sd))
-        unexpected = sorted(set(sd) - set(by_name))
-        if missing or unexpected:
-            raise ValueError(f"trainable state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        check_state_names(by_name, sd)
         for name, p in by_name.items():
             self.write_param_(p, sd[name])
 

@@ -132,7 +132,7 @@ def adapter_folder(local: Path) -> Path | None:
     return folder if folder is not None and (folder / "lingo.json").is_file() else None
 
 
-def _columns(sources: list[ModelSource], predictor, table, probs) -> dict[str, object]:
+def _columns(predictor, table, probs) -> dict[str, object]:
     from lingo_core.predict import prediction_columns  # torch: heavy, see the note at the top
 
     out: dict[str, object] = {"id": table.column("id"), "sequence": table.column("sequence")}
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> Path:
                               base_model=args.base_model, names=[s.uri for s in sources])
         with tqdm(total=table.num_rows, desc="predict", unit="seq", disable=args.no_progress, file=sys.stderr) as bar:
             probs = predictor.predict(table.column("sequence").to_pylist(), progress=bar.update)
-    result = pa.table(_columns(sources, predictor, table, probs))
+    result = pa.table(_columns(predictor, table, probs))
     return atomic_file(out, lambda tmp: pq.write_table(result, tmp))  # readers see the old or the whole new file
 
 

@@ -130,10 +130,10 @@ def validate_job(job: JobSpec) -> None:
                 materialize_trial(job, {"cell": cell, "params": {**fixed, key: coerce(v, types[key], key)}}, where)
     for task in tasks:
         for method in (m for m in job.methods if m in RANK_METHODS):
-            _check_schedule(job, task, method, types)
+            _check_schedule(job, task, method)
 
 
-def _check_schedule(job: JobSpec, task: Any, method: str, types: dict[str, Any]) -> None:
+def _check_schedule(job: JobSpec, task: Any, method: str) -> None:
     """Budget sane and tinit + tfinal < total steps, for the extreme values the space allows."""
     entry = budget_entry(job, task)
     where = f"budgets.{next((k for k, v in job.budgets.items() if v is entry), BUDGET_DEFAULT)}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -118,6 +118,20 @@ def linear_warmup_decay(warmup_steps: int, total_steps: int):
     return f
 
 
+def adamw_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: no decay on biases and norm weights (1-D), the usual AdamW practice."""
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay}]
+    return groups + ([{"params": no_decay, "weight_decay": 0.0}] if no_decay else [])
+
+
+def check_state_names(have: Iterable[str], sd: dict[str, torch.Tensor]) -> None:
+    """ValueError when a trainable state `sd` does not hold exactly the parameter names `have`."""
+    missing, unexpected = sorted(set(have) - set(sd)), sorted(set(sd) - set(have))
+    if missing or unexpected:
+        raise ValueError(f"trainable state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
 def frozen_to_bf16(model: nn.Module, trainable: set[int]) -> None:
     """Store the frozen floating-point weights in bf16 (the LM is read, never updated: no fp32 copy of it
     is needed on the GPU). Trainable parameters keep fp32 for the optimizer."""
@@ -202,15 +216,10 @@ class TorchBackend:
             frozen_to_bf16(model, {id(p) for p in self._params.values()})
         model.to(self.device)
         self._model = model
-        # No decay on biases and norm weights (1-D), the usual AdamW practice.
-        decay = [p for p in self._params.values() if p.ndim >= 2]
-        no_decay = [p for p in self._params.values() if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}]
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0})
         # GPU: one fused kernel for all tensors. CPU: foreach=False, identical numerics regardless of
         # tensor grouping (resume tests compare runs bit for bit).
         fast = {"fused": True} if self.device.type == "cuda" else {"foreach": False}
+        groups = adamw_groups(list(self._params.values()), weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=lr, **fast)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, linear_warmup_decay(warmup_steps, total_steps)
@@ -257,10 +266,7 @@ class TorchBackend:
         return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in self._params.items()}
 
     def load_trainable_state(self, sd: dict[str, torch.Tensor]) -> None:
-        missing = sorted(set(self._params) - set(sd))
-        unexpected = sorted(set(sd) - set(self._params))
-        if missing or unexpected:
-            raise ValueError(f"trainable state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        check_state_names(self._params, sd)
         with torch.no_grad():
             for n, p in self._params.items():
                 p.copy_(sd[n].to(device=p.device, dtype=p.dtype))
