@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -21,8 +22,8 @@ from typing import Any, Union
 
 import yaml
 
-__all__ = ["FieldError", "build", "coerce", "describe", "dotted", "field_types", "is_int", "load_yaml", "nest",
-           "parse_value", "set_path", "suggest"]
+__all__ = ["FieldError", "build", "coerce", "describe", "dotted", "field_types", "is_finite_number", "is_int",
+           "load_yaml", "nest", "parse_value", "set_path", "suggest"]
 
 
 class FieldError(ValueError):
@@ -53,6 +54,11 @@ def describe(hint: Any) -> str:
 def is_int(value: Any) -> bool:
     """An int that is no bool: JSON's and YAML's `true` is no count (Python counts it as 1)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """A real, finite number that is no bool (an MLflow metric may be missing, NaN or inf)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")

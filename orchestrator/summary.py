@@ -12,21 +12,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lingo_core.selection import SELECTION
 from lingo_core.storage import atomic_file
+from lingo_core.typed import is_finite_number
 
 REQUIRED = ("task", "method", "seed")
 COLUMNS = ("task", "method", "n_seeds", "test_mcc_mean", "test_mcc_std", "dev_mcc_mean")
-
-
-def finite(value: Any) -> bool:
-    """A real, finite number (MLflow metrics may be missing, NaN or inf)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def best_per_seed(results: Sequence[dict]) -> list[dict]:
@@ -38,7 +33,7 @@ def best_per_seed(results: Sequence[dict]) -> list[dict]:
         missing = [k for k in REQUIRED if k not in r]
         if missing:
             raise ValueError(f"result {i} lacks {', '.join(missing)}: {sorted(r)}")
-        if not finite(r.get("test_mcc")) or not finite(r.get(dev_key)):
+        if not is_finite_number(r.get("test_mcc")) or not is_finite_number(r.get(dev_key)):
             continue
         key = (r["task"], r["method"], r["seed"])
         cur = best.get(key)

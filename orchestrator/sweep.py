@@ -16,10 +16,11 @@ from typing import Any
 
 from lingo_core.data.digest import task_digest
 from lingo_core.selection import SELECTION
+from lingo_core.typed import is_finite_number
 from orchestrator import journal, tracking
 from orchestrator.env import worker_env
 from orchestrator.jobspec import JobSpec, resolve_tasks
-from orchestrator.summary import finite, write_summary
+from orchestrator.summary import write_summary
 from orchestrator.trial import TRACKING_WAIT_S, TRIAL_CPU, SweepContext, run_trial
 
 # Ray and torch (also through orchestrator.search and orchestrator.mlflow_model) are imported inside the
@@ -197,7 +198,8 @@ def register(c, job: JobSpec, trials: list[dict]) -> dict[str, tracking.Registra
     """Per task: the finished trial best under SELECTION becomes a new version of lingo-<task>."""
     out: dict[str, tracking.Registration] = {}
     key = SELECTION.dev_key
-    done = [t for t in trials if t["status"] == "FINISHED" and finite(t[key]) and finite(t["test_mcc"])]
+    done = [t for t in trials
+            if t["status"] == "FINISHED" and is_finite_number(t[key]) and is_finite_number(t["test_mcc"])]
     from orchestrator.mlflow_model import DATA_TAG, GIT_TAG, git_commit  # torch: see the note at the top
 
     specs = {spec.name: spec for spec in resolve_tasks(job)}

@@ -7,7 +7,6 @@ once, and the fluent API's global "active run" / default URI would silently cros
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import time
@@ -24,6 +23,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from lingo_core.run_folder import ADAPTER_DIR, RESULT_FILE  # noqa: E402
 from lingo_core.selection import SELECTION  # noqa: E402
+from lingo_core.typed import is_finite_number  # noqa: E402
 
 CHAMPION = "champion"  # alias of the best version of a task's registered model
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI shows children under the parent
@@ -136,13 +136,7 @@ def log_params(c: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
 
 def scalar_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """The numeric, finite entries (MLflow rejects None; lists such as confusion matrices are artifacts)."""
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue
-        if math.isfinite(float(v)):
-            out[f"{prefix}{k}"] = float(v)
-    return out
+    return {f"{prefix}{k}": float(v) for k, v in metrics.items() if is_finite_number(v)}
 
 
 def log_metrics(c: MlflowClient, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
