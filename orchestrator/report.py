@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 
 from lingo_core.selection import SELECTION
+from lingo_core.storage import atomic_dir
 from orchestrator import tracking
 from orchestrator.summary import best_per_seed, plot_summary, render_markdown, summary_table
 from orchestrator.sweep import STATE_FILE, collect_trials
@@ -261,27 +261,12 @@ def build(sweep: Sweep, folder: Path) -> list[str]:
 
 
 def write_report(sweep: Sweep, out: Path, log: bool = True) -> list[Path]:
-    """Build into a temp folder beside ``out``, then swap it in: a reader (or a crash) never sees a half-written
-    report. The old report, if any, is renamed aside first and removed last. Then the files are logged to the
-    parent run under report/."""
+    """Build into a temp folder beside ``out``, then swap it in (storage.atomic_dir): a reader (or a crash)
+    never sees a half-written report, and a failed build leaves the previous one whole. Then the files are
+    logged to the parent run under report/."""
     out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.new."))
-    old = None
-    try:
+    with atomic_dir(out, "report folder") as tmp:
         names = build(sweep, tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists():
-            os.replace(old / out.name, out)  # put the previous report back
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     paths = [out / n for n in names]
     if log:
         tracking.log_artifacts(tracking.client(sweep.tracking_uri), sweep.parent_run_id,
