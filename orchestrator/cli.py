@@ -43,8 +43,7 @@ def tune_main(argv: Sequence[str]) -> int:
     try:
         job = load_job(args.job, args.overrides)  # every spec problem surfaces here, before Ray starts
     except JobSpecError as e:
-        print(f"lingo tune: error: {e}", file=sys.stderr)
-        return 2
+        return fail("lingo tune", e)
     if args.dry_run:
         from orchestrator.search import describe_trials, format_trials
 
@@ -57,8 +56,7 @@ def tune_main(argv: Sequence[str]) -> int:
     try:
         result = run_sweep(job, resume=args.resume, address=args.address)
     except SweepError as e:
-        print(f"lingo tune: error: {e}", file=sys.stderr)
-        return 2
+        return fail("lingo tune", e)
     if result.interrupted:
         return 130  # the shell's code for "ended by SIGINT"
     return 1 if result.errors else 0

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
+from lingo_core.cliparse import fail
 from orchestrator.submit import DEFAULT_ADDRESS, TERMINAL, ClusterError, connect, first_line, follow
 
 
@@ -134,8 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return job_logs(client, args.address, args.id, args.follow)
         return stop_job(client, args.id)
     except ClusterError as e:
-        print(f"lingo jobs: error: {e}", file=sys.stderr)
-        return 2
+        return fail("lingo jobs", e)
 
 
 if __name__ == "__main__":

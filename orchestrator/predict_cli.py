@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from lingo_core.cliparse import fail
 from lingo_core.storage import atomic_file
 
 # MLflow (orchestrator.tracking), torch (lingo_core.predict, lingo_core.artifacts), pyarrow and tqdm are
@@ -185,8 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = run(args)
     except (PredictCliError, PredictError, DataError, FileNotFoundError) as e:
-        print(f"lingo predict: error: {e}", file=sys.stderr)
-        return 2
+        return fail("lingo predict", e)
     print(f"wrote {out}")
     return 0
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
+from lingo_core.cliparse import fail
 from lingo_core.selection import SELECTION
 from lingo_core.storage import atomic_dir
 from orchestrator import tracking
@@ -300,8 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sweep = resolve(args.target, args.tracking_uri, args.run_id)
     except ReportError as e:
-        print(f"lingo report: error: {e}", file=sys.stderr)
-        return 2
+        return fail("lingo report", e)
     paths = write_report(sweep, args.out or default_out(sweep), log=not args.no_log)
     print(f"report of sweep {sweep.name} (parent run {sweep.parent_run_id}): {paths[0].parent}")
     for p in paths:

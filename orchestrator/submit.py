@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lingo_core.cliparse import ArgumentParser
+from lingo_core.cliparse import ArgumentParser, fail
 from orchestrator.env import job_env
 from orchestrator.jobspec import JobSpecError, read_job_file
 
@@ -190,13 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         entrypoint, env = prepare(args.job, args.overrides, validate=not args.no_validate, extra_env=dict(args.env))
     except JobSpecError as e:
-        print(f"lingo submit: error: {e}", file=sys.stderr)
-        return 2
+        return fail("lingo submit", e)
     try:
         job_id = submit(args.address, entrypoint, env, args.submission_id, {"lingo_job": args.job})
     except ClusterError as e:
-        print(f"lingo submit: error: {e}", file=sys.stderr)
-        return 2
+        return fail("lingo submit", e)
     print(f"submitted {job_id} to {args.address}\n"
           f"  follow:  lingo jobs logs --follow {job_id} --address {args.address}\n"
           f"  status:  lingo jobs status {job_id} --address {args.address}\n"

@@ -218,15 +218,20 @@ def load_split(task: TaskSpec, split: str) -> pa.Table:
     return table
 
 
+def train_test_overlap(tables: dict[str, pa.Table]) -> int:
+    """How many test sequences also occur in train (the data report's column, load_task's warning)."""
+    train, test = tables["train"].column("sequence"), tables["test"].column("sequence")
+    return pc.sum(pc.is_in(test, value_set=pc.unique(train))).as_py() or 0
+
+
 def load_task(task: TaskSpec, splits: Sequence[str] = ("train", "dev", "test")) -> dict[str, pa.Table]:
     """All requested splits; warns (DataOverlapWarning) when test sequences also occur in train."""
     out = {s: load_split(task, s) for s in splits}
     if "train" in out and "test" in out:
-        test = out["test"].column("sequence")
-        n = pc.sum(pc.is_in(test, value_set=pc.unique(out["train"].column("sequence")))).as_py() or 0
+        n = train_test_overlap(out)
         if n:
             warnings.warn(
-                f"{task.name}: {n} of {len(test)} test sequences also occur in train; "
+                f"{task.name}: {n} of {out['test'].num_rows} test sequences also occur in train; "
                 "test scores on this task are optimistic",
                 DataOverlapWarning,
                 stacklevel=2,

@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lingo_core.cliparse import ArgumentParser
+from lingo_core.cliparse import ArgumentParser, fail
 from lingo_core.data.errors import DataError
-from lingo_core.data.loading import load_split
+from lingo_core.data.loading import load_split, train_test_overlap
 from lingo_core.data.task import SPLITS, TaskRegistry, TaskSpec, UnknownTaskError
 from lingo_core.storage import atomic_file
 
@@ -111,9 +111,6 @@ def task_stats(
         s: np.bincount(t.column("label").to_numpy(), minlength=task.num_labels).tolist()
         for s, t in tables.items()
     }
-    overlap = pc.sum(
-        pc.is_in(tables["test"].column("sequence"), value_set=pc.unique(tables["train"].column("sequence")))
-    ).as_py()
     return TaskStats(
         name=task.name,
         description=task.description,
@@ -121,7 +118,7 @@ def task_stats(
         rows={s: t.num_rows for s, t in tables.items()},
         label_counts=counts,
         bp={"min": int(lengths.min()), "median": int(np.median(lengths)), "max": int(lengths.max())},
-        test_in_train=int(overlap or 0),
+        test_in_train=train_test_overlap(tables),
         bbpe={**_summary(bb), "n": int(len(bb))},
         onehot=_summary(oh),
         bbpe_sample=bb,
@@ -306,13 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         check_out_dir(args.out)
         report = build_report(args.root, args.tasks, args.model, args.sample, args.seed)
     except (DataError, UnknownTaskError, FileNotFoundError, ValueError) as exc:
-        print(f"lingo data report: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("lingo data report", exc)
     try:
         paths = write_report(report, args.out)
     except OSError as exc:  # e.g. a full disk; each file is written atomically, so none is left half-written
-        print(f"lingo data report: error: cannot write the report to {args.out}: {exc}", file=sys.stderr)
-        return 2
+        return fail("lingo data report", f"cannot write the report to {args.out}: {exc}")
     print(f"BBPE: fixed-seed sample of up to {args.sample} sequences per task; one-hot: exact")
     print(format_table(report))
     print(f"\nwrote {paths['md']}, {paths['json']}, {paths['png']} ({report.meta['seconds']} s)")
