@@ -98,24 +98,17 @@ def parse_train_args(argv: list[str] | None = None) -> TrainConfig:
             flat.update(dotted(loaded, TrainConfig))
         overrides = ns.pop("overrides", [])
         # --FIELD VALUE and key=value are typed by the rule of `lingo tune`'s overrides (lingo_core.typed)
-        flat.update({key: _typed(key, value) for key, value in ns.items()})
+        flat.update({key: parse_value(value, key) for key, value in ns.items()})
         for item in overrides:
             key, eq, value = item.partition("=")
             key = _SHORTCUTS.get(key.strip(), key.strip()).replace("-", "_")
             if not eq or not key:
                 raise ValueError(f"override {item!r}: expected key=value, e.g. adapter.target_r=4")
-            flat[key] = _typed(key, value)
+            flat[key] = parse_value(value, key)
         return TrainConfig.from_dict(nest(flat))
     except (ValueError, OSError) as e:
         parser.error(str(e))
         raise  # unreachable: parser.error exits
-
-
-def _typed(key: str, text: str) -> Any:
-    try:
-        return parse_value(text)
-    except FieldError as e:
-        raise FieldError(f"{key}.{e.path}" if e.path else key, e.problem) from None
 
 
 def _load_yaml(path: Path) -> Any:

@@ -1,7 +1,7 @@
 """The one typed config path: YAML text -> typed dataclasses, every error naming its key path (and line).
 
     bytes --load_yaml--> dicts/lists/scalars --build--> (nested) dataclass
-    "k=v" --parse_value(v)--^   (`lingo train` and `lingo tune` overrides: one rule, YAML)
+    "k=v" --parse_value(v,k)^   (`lingo train` and `lingo tune` overrides: one rule, YAML)
 
 ``load_yaml`` is strict where PyYAML is lenient: the text must be UTF-8, a key may not repeat in a
 mapping (PyYAML keeps the last silently, so a second ``train:`` block would discard the first), and
@@ -262,7 +262,11 @@ def load_yaml(data: bytes) -> Any:
         raise FieldError("", f"not valid YAML: {problem}", line) from None
 
 
-def parse_value(text: str) -> Any:
+def parse_value(text: str, key: str) -> Any:
     """One ``key=value`` override's value, typed as YAML (``[a,b]``, ``1e-3``, ``null``; empty -> None), as
-    strictly as a spec file; ``coerce`` then checks it against the field's type."""
-    return load_yaml(text.encode(errors="surrogateescape")) if text.strip() else None
+    strictly as a spec file; ``coerce`` then checks it against the field's type. A FieldError's path
+    starts with ``key``."""
+    try:
+        return load_yaml(text.encode(errors="surrogateescape")) if text.strip() else None
+    except FieldError as e:
+        raise FieldError(f"{key}.{e.path}" if e.path else key, e.problem) from None

@@ -206,10 +206,9 @@ def parse_overrides(overrides: typing.Sequence[str]) -> list[tuple[str, Any]]:
         if not eq or not key.strip():
             raise JobSpecError("override", item, "expected key=value (e.g. train.epochs=2)")
         try:
-            value = parse_value(text)  # as strict as the file itself; `lingo train` types its values the same way
+            value = parse_value(text, key.strip())  # as strict as the file itself; `lingo train` types its values the same way
         except FieldError as e:
-            where = f"{key.strip()}.{e.path}" if e.path else key.strip()
-            raise JobSpecError(f"override {item!r}", where, e.problem) from None
+            raise JobSpecError(f"override {item!r}", e.path, e.problem) from None
         parsed.append((key.strip(), value))
     return parsed
 
