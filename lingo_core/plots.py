@@ -1,4 +1,5 @@
-"""PNG plots for runs: final rank heat map (layer x module) and confusion matrix. Agg backend only."""
+"""PNG plots for runs: final rank heat map (layer x module) and confusion matrix; the sweep report's plots;
+`save_png`, how every PNG is written. Agg backend only: importing this module selects it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: workers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from lingo_core.storage import atomic_file  # noqa: E402
 
@@ -55,7 +57,7 @@ def rank_heatmap(rank_pattern: dict[str, Sequence[bool]], path: str | Path, titl
                 color = "black" if grid[i, j] > 0.6 * hi else "white"
                 ax.text(j, i, f"{int(grid[i, j])}", ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(im, ax=ax, label="rank")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def confusion_matrix_png(cm: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path,
@@ -77,14 +79,15 @@ def confusion_matrix_png(cm: Sequence[Sequence[int]], labels: Sequence[str], pat
     for i in range(n):
         for j in range(n):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if frac[i, j] > 0.5 else "black")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
-    """The PNG through atomic_file: a crash never leaves a half-written plot under the real name."""
+def save_png(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """The PNG through atomic_file (a crash never leaves a half-written plot under the real name); closes
+    the figure. Every PNG of the project (run plots, sweep summary and report, data report) is saved here."""
     fig.tight_layout()
     try:
-        return atomic_file(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        return atomic_file(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     finally:
         plt.close(fig)
 
@@ -116,7 +119,7 @@ def rank_by_layer_png(patterns: Mapping[str, Mapping[str, Sequence[bool]]], path
     ax.set_ylabel("kept rank (sum over modules)")
     ax.set_title(title)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def curve_panels_png(panels: Mapping[str, Mapping[str, Series]], path: str | Path, ylabel: str,
@@ -143,4 +146,4 @@ def curve_panels_png(panels: Mapping[str, Mapping[str, Series]], path: str | Pat
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_png(fig, path)

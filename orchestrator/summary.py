@@ -103,13 +103,10 @@ def render_markdown(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_summary(rows: Sequence[dict], path: Path) -> None:
+def plot_summary(rows: Sequence[dict], path: Path) -> Path:
     """Grouped bars: tasks on x, one bar per method, error bars = std over seeds."""
     # matplotlib is heavy: imported only when the PNG is drawn (the table and Parquet need none of it)
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: Ray workers and CI have no display
-    import matplotlib.pyplot as plt
+    from lingo_core.plots import plt, save_png
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -127,9 +124,7 @@ def plot_summary(rows: Sequence[dict], path: Path) -> None:
     ax.set_ylabel("test MCC (dev-selected)")
     ax.set_title("Lingo: test MCC by task and method (mean ± std over seeds)")
     ax.legend(fontsize="small", ncols=min(len(methods), 6))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
+    return save_png(fig, path)
 
 
 def render_not_finished(trials: Sequence[dict]) -> str:
@@ -160,7 +155,7 @@ def write_summary(results: Sequence[dict], out_dir: str | Path, echo: bool = Tru
     paths = {
         "md": atomic_file(out / "summary.md", lambda p: p.write_text(text)),
         "parquet": atomic_file(out / "summary.parquet", lambda p: pq.write_table(table, p)),
-        "png": atomic_file(out / "summary.png", lambda p: plot_summary(rows, p)),
+        "png": plot_summary(rows, out / "summary.png"),
     }
     if echo:
         print(text, end="")

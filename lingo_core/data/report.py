@@ -227,10 +227,7 @@ def format_markdown(report: Report) -> str:
 
 def plot_histograms(report: Report, path: Path) -> None:
     # matplotlib is heavy: imported only when the histogram PNG is written, not for the table or --help
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: no display on servers / CI
-    import matplotlib.pyplot as plt
+    from lingo_core.plots import plt, save_png
 
     n = len(report.tasks)
     ncols = min(6, n)
@@ -250,9 +247,7 @@ def plot_histograms(report: Report, path: Path) -> None:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6)
     fig.supxlabel("prompt tokens", fontsize=8)
-    fig.tight_layout()
-    atomic_file(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)
+    save_png(fig, path, dpi=100)
 
 
 def write_report(report: Report, out: str | Path = DEFAULT_OUT) -> dict[str, Path]:
