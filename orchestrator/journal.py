@@ -33,7 +33,6 @@ from orchestrator import tracking
 
 JOURNAL_DIR = "tracking-journal"  # inside the trial's output folder (cfg.output_dir)
 _LOG, _ACKED = "journal.jsonl", "acked"
-_BATCH = 100  # MLflow's per-request limit for params and tags; a safe chunk for metrics too
 # Server answers that retrying cannot fix (e.g. a param re-logged with another value): such a record is
 # set aside in rejected.jsonl instead of blocking every record behind it.
 _CLIENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST", "INVALID_STATE"}
@@ -201,7 +200,7 @@ class RunJournal:
             if out and (r["kind"] != out[0]["kind"] or r["kind"] in ("artifacts", "status")):
                 break
             size = len(r.get("values", ())) or 1
-            if out and n + size > _BATCH:
+            if out and n + size > tracking.MAX_BATCH:
                 break
             out.append(r)
             n += size
@@ -215,13 +214,13 @@ class RunJournal:
             metrics = [Metric(k, v, r["ts"], r["step"]) for r in batch for k, v in r["values"].items()]
             if self._verify:
                 metrics = self._not_on_server(c, metrics)
-            for i in range(0, len(metrics), _BATCH):
-                c.log_batch(self.run_id, metrics=metrics[i:i + _BATCH])
+            for i in range(0, len(metrics), tracking.MAX_BATCH):
+                c.log_batch(self.run_id, metrics=metrics[i:i + tracking.MAX_BATCH])
             self._verify = False
         elif kind == "params":
             items = [Param(k, v) for r in batch for k, v in r["values"].items()]
-            for i in range(0, len(items), _BATCH):
-                c.log_batch(self.run_id, params=items[i:i + _BATCH])
+            for i in range(0, len(items), tracking.MAX_BATCH):
+                c.log_batch(self.run_id, params=items[i:i + tracking.MAX_BATCH])
         elif kind == "tags":
             items = [RunTag(k, v) for r in batch for k, v in r["values"].items()]
             c.log_batch(self.run_id, tags=items)

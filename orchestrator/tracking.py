@@ -35,7 +35,7 @@ ADAPTER_ARTIFACT = ADAPTER_DIR  # the export folder as lingo_core wrote it
 RESULT_ARTIFACT = RESULT_FILE  # TrainResult.to_dict() without predictions: rank pattern, budget (lingo report)
 METHODS_TAG = "lingo.methods"  # parent run: the job's methods, in its order (reports list them so)
 CHANCE_TAG = "lingo.at_chance"  # version tag: dev MCC no better than chance (kept from champion by default)
-_MAX_BATCH = 100  # MLflow's log_batch limit for params (and a safe chunk for metrics)
+MAX_BATCH = 100  # MLflow's per-request limit for params and tags (and a safe chunk for metrics)
 PARAM_MAX = 6000  # MLflow's param value length limit
 T = TypeVar("T")
 
@@ -130,8 +130,8 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def log_params(c: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     """Flattened params; values as text. Re-logging an equal value is fine (resumed trials)."""
     items = [Param(k, str(v)[:PARAM_MAX]) for k, v in flatten(params).items()]
-    for i in range(0, len(items), _MAX_BATCH):
-        retry(lambda chunk=items[i:i + _MAX_BATCH]: c.log_batch(run_id, params=chunk))
+    for i in range(0, len(items), MAX_BATCH):
+        retry(lambda chunk=items[i:i + MAX_BATCH]: c.log_batch(run_id, params=chunk))
 
 
 def scalar_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -142,8 +142,8 @@ def scalar_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, fl
 def log_metrics(c: MlflowClient, run_id: str, metrics: Mapping[str, Any], step: int = 0) -> None:
     now = int(time.time() * 1000)
     items = [Metric(k, v, now, int(step)) for k, v in scalar_metrics(metrics).items()]
-    for i in range(0, len(items), _MAX_BATCH):
-        retry(lambda chunk=items[i:i + _MAX_BATCH]: c.log_batch(run_id, metrics=chunk))
+    for i in range(0, len(items), MAX_BATCH):
+        retry(lambda chunk=items[i:i + MAX_BATCH]: c.log_batch(run_id, metrics=chunk))
 
 
 def log_artifacts(c: MlflowClient, run_id: str, paths: Iterable[tuple[str | Path, str | None]]) -> None:

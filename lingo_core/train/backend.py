@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -105,6 +106,12 @@ def check_backend(backend: object, cfg: TrainConfig) -> None:
                 f"{type(backend).__name__}.{name} is {have!r} but TrainConfig.{name} is {getattr(cfg, name)!r}; "
                 "build the backend from the config (TorchBackend.for_config, or the worker's build_backend)"
             )
+
+
+def barrier() -> None:
+    """Wait for every rank when torch.distributed runs; nothing in a single process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def linear_warmup_decay(warmup_steps: int, total_steps: int):

@@ -40,6 +40,7 @@ from lingo_core.storage import (
     verify_manifest,
     write_manifest,
 )
+from lingo_core.train.backend import barrier
 
 TRAINER_STATE = "trainer_state.json"
 """The checkpoint's bookkeeping file (step, best-so-far, config)."""
@@ -95,11 +96,6 @@ def _step(state: dict, file: Path | None = None) -> int:
     return step
 
 
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def _controller_file(rank: int) -> str:
     return f"controller.rank{rank}.safetensors"
 
@@ -129,7 +125,7 @@ def save_checkpoint(root: Path, step: int, backend, controller, state: dict, bes
         if node_leader:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        _barrier()
+        barrier()
         backend.save_checkpoint(tmp / "backend")
         if controller is not None:
             tensors, kinds = _controller_to_tensors(controller.state_dict())
@@ -138,7 +134,7 @@ def save_checkpoint(root: Path, step: int, backend, controller, state: dict, bes
             (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=1))
             if best_state is not None:
                 save_file(best_state, str(tmp / "best_trainable.safetensors"))
-        _barrier()  # every rank's shards are in tmp before the manifest is taken and the folder renamed
+        barrier()  # every rank's shards are in tmp before the manifest is taken and the folder renamed
         if node_leader:
             write_manifest(tmp)
             replace_dir(tmp, final)
@@ -155,7 +151,7 @@ def save_checkpoint(root: Path, step: int, backend, controller, state: dict, bes
             shutil.rmtree(old, ignore_errors=True)
         for stale in root.glob(".tmp-step-*"):  # left by an earlier crash; every rank is past its writes
             shutil.rmtree(stale, ignore_errors=True)
-    _barrier()
+    barrier()
     return final
 
 

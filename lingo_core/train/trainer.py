@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
 from lingo_core.run_folder import RunFolder
 from lingo_core.selection import SELECTION
 from lingo_core.startup import StartupClock
-from lingo_core.train.backend import TorchBackend, TrainBackend, check_backend
+from lingo_core.train.backend import TorchBackend, TrainBackend, barrier, check_backend
 from lingo_core.train.checkpoint import ResumePoint, load_checkpoint, save_checkpoint
 from lingo_core.train.config import TrainConfig
 from lingo_core.train.metrics import classification_metrics
@@ -172,11 +171,6 @@ def _autocast(backend) -> contextlib.AbstractContextManager:
 def _mark(clock: StartupClock | None, name: str, device: torch.device | None = None) -> None:
     if clock is not None:
         clock.mark(name, device)
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 # ---- the loop ------------------------------------------------------------------------------------------------
@@ -341,7 +335,7 @@ def train(
                 raw, folder.adapter, task=spec, tokenizer_mode=cfg.tokenization, template=TEMPLATE,
                 base_identity=identity, metrics={"dev": best_dev, "test": test_metrics},
                 method=settings.method, rank_pattern=final_pattern, max_length=max_length)
-    _barrier()
+    barrier()
     return TrainResult(
         task=spec.name, method=settings.method, best_step=best_step, dev_metrics=best_dev,
         test_metrics=test_metrics, label_names=list(spec.label_names),
