@@ -33,14 +33,12 @@ def _fasta_names(stem: str) -> list[str]:
 
 
 def is_fasta(path: Path) -> bool:
-    name = path.name[:-3] if path.name.endswith(".gz") else path.name
-    return name.endswith(FASTA_SUFFIXES)
+    return path.name.removesuffix(".gz").endswith(FASTA_SUFFIXES)
 
 
 def class_name(path: Path) -> str:
     """File stem without FASTA and gzip suffixes ("promoter.fa.gz" -> "promoter")."""
-    name = path.name[:-3] if path.name.endswith(".gz") else path.name
-    return name.rsplit(".", 1)[0]
+    return path.name.removesuffix(".gz").rsplit(".", 1)[0]
 
 
 def split_file(folder: Path, split: str) -> Path | None:

@@ -19,7 +19,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from lingo_core.data.errors import DataError, decode_utf8
-from lingo_core.data.fasta import FastaRecords, _open_text, is_fasta, read_fasta
+from lingo_core.data.fasta import FastaRecords, is_fasta, read_fasta
 from lingo_core.data.loading import ALPHABET, _read_bytes
 
 FORMATS = ".csv, .csv.gz, .fa/.fasta/.fna[.gz], .parquet or .txt"
@@ -59,9 +59,8 @@ def _from_fasta(path: Path) -> tuple[pa.Table, str]:
     recs = read_fasta(path, FastaRecords(), fixed_label="")  # no labels to predict from
     if not recs.sequences:
         raise DataError(f"{path}:1: no FASTA records; expected '>id' header lines each followed by a sequence")
-    lines = _open_text(path).splitlines()
-    ids = [(lines[n - 1].strip()[1:].split() or [""])[0] for n in recs.lines]  # the header's first word
-    return pa.table({"sequence": recs.sequences, "id": ids, "line": recs.lines}), "fasta"
+    # id: the header's first word (FastaRecords.ids)
+    return pa.table({"sequence": recs.sequences, "id": recs.ids, "line": recs.lines}), "fasta"
 
 
 def _from_text(path: Path) -> tuple[pa.Table, str]:
