@@ -77,10 +77,8 @@ def tracking_uri(given: str | None) -> str:
     from orchestrator import tracking  # MLflow: heavy, see the note at the top
 
     uri = given or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(DEFAULT_TRACKING)
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if not db.is_file():  # MLflow would create an empty store here; a lookup must not write one
-            raise PredictCliError(f"no MLflow store at {db}; run `lingo tune` first or pass --tracking-uri")
+    if (db := tracking.missing_sqlite_store(uri)) is not None:
+        raise PredictCliError(f"no MLflow store at {db}; run `lingo tune` first or pass --tracking-uri")
     return uri
 
 

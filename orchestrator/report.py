@@ -51,13 +51,8 @@ class Sweep:
 # --------------------------------------------------------------------------------------- input
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-
-
 def _open_client(uri: str, what: str):
-    db = _sqlite_path(uri)
-    if db is not None and not db.is_file():  # MLflow would create an empty store and report nothing in it
+    if (db := tracking.missing_sqlite_store(uri)) is not None:
         raise ReportError(f"{what}: no MLflow store at {db}")
     return tracking.client(uri)
 

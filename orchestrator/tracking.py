@@ -48,6 +48,13 @@ def default_tracking_uri(output_dir: str | Path) -> str:
     return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
 
 
+def missing_sqlite_store(tracking_uri: str) -> Path | None:
+    """The sqlite file of a sqlite:/// URI when it does not exist, else None: MLflow would create an empty
+    store there, so a lookup (lingo report, lingo predict) must refuse it instead of writing one."""
+    db = Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+    return db if db is not None and not db.is_file() else None
+
+
 def default_artifact_location(output_dir: str | Path) -> str:
     return (Path(output_dir).resolve() / "mlruns").as_uri()
 
