@@ -38,16 +38,8 @@ class TrainBackend(Protocol):
     local_rank: int  # rank within this node: node-local files (checkpoint folders) are made by local rank 0
     device: torch.device
 
-    def prepare(
-        self,
-        model: nn.Module,
-        params: list[nn.Parameter] | None = None,
-        *,
-        lr: float,
-        weight_decay: float,
-        warmup_steps: int,
-        total_steps: int,
-    ) -> nn.Module:
+    def prepare(self, model: nn.Module, params: list[nn.Parameter] | None = None, *, lr: float,
+                weight_decay: float, warmup_steps: int, total_steps: int) -> nn.Module:
         """Move/wrap the model, build AdamW over `params` (None: all trainable) with linear warm-up then
         linear decay to 0 at total_steps. Gradient accumulation and clipping are construction settings of
         the backend, taken from the run's TrainConfig (see the module docstring). Returns the module to
@@ -201,16 +193,8 @@ class TorchBackend:
         return cls(device, grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm)
 
     # ---- set-up ------------------------------------------------------------------------------------------
-    def prepare(
-        self,
-        model: nn.Module,
-        params: list[nn.Parameter] | None = None,
-        *,
-        lr: float,
-        weight_decay: float,
-        warmup_steps: int,
-        total_steps: int,
-    ) -> nn.Module:
+    def prepare(self, model: nn.Module, params: list[nn.Parameter] | None = None, *, lr: float,
+                weight_decay: float, warmup_steps: int, total_steps: int) -> nn.Module:
         wanted = {id(p) for p in params} if params is not None else None
         self._params = {
             n: p

@@ -72,10 +72,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.task={self.task!r}: expected a non-empty task name like 'prom_core_tata'")
         if self.tokenization not in TOKENIZATIONS:
             raise ValueError(f"TrainConfig.tokenization={self.tokenization!r}: expected one of {TOKENIZATIONS}")
-        _positive_int(self, "epochs")
-        _positive_int(self, "batch_size")
-        _positive_int(self, "grad_accum")
-        _positive_int(self, "log_every")
+        for name in ("epochs", "batch_size", "grad_accum", "log_every"):
+            _positive_int(self, name)
         for name in ("max_length", "max_steps", "eval_batch_size", "eval_every", "max_train_samples",
                      "max_eval_samples"):
             if getattr(self, name) is not None:
