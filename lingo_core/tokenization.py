@@ -69,9 +69,8 @@ class Encoded:
     """True when DNA tokens were cut from the 3' end to fit max_length."""
 
 
-def suggest_max_length(
-    task_seq_len_bp: int, mode: str = "bbpe", template_tokens: int = _TEMPLATE_TOKENS
-) -> int:
+def suggest_max_length(task_seq_len_bp: int, mode: str = "bbpe",
+                       template_tokens: int = _TEMPLATE_TOKENS) -> int:
     """A max_length that fits nearly every prompt of a task whose sequences are ~`task_seq_len_bp` long.
 
     bbpe: SmolLM2's BBPE packs ~1.9 bp per token on GUE (not the 3+ bp of DNA-trained BPEs);
@@ -97,13 +96,8 @@ class LingoTokenizer:
     start), and the HF classification head reads the last non-pad token, i.e. the template's final ":".
     """
 
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        mode: str = "bbpe",
-        max_length: int | None = None,
-        template: PromptTemplate | None = None,
-    ) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, mode: str = "bbpe", max_length: int | None = None,
+                 template: PromptTemplate | None = None) -> None:
         _check_mode(mode)
         if max_length is not None and max_length < 1:
             raise ValueError(f"max_length must be >= 1 or None (no truncation), got {max_length}")

@@ -104,14 +104,7 @@ def _read_csv(path: Path) -> tuple[pa.Table, Locator]:
     if sorted(found) != sorted(COLUMNS):
         missing = [c for c in COLUMNS if c not in found]
         extra = [c for c in found if c not in COLUMNS]
-        what = "; ".join(
-            s
-            for s in (
-                f"missing column {missing}" if missing else "",
-                f"extra column {extra}" if extra else "",
-            )
-            if s
-        )
+        what = "; ".join(f"{k} column {c}" for k, c in (("missing", missing), ("extra", extra)) if c)
         raise DataError(f"{path}:1: {what}; found columns {found}, expected exactly {list(COLUMNS)}")
 
     def locate(row: int) -> str:
@@ -175,11 +168,9 @@ def _validate(table: pa.Table, locate: Locator, where: str, num_labels: int | No
     else:
         labels = pc.cast(raw, pa.int64())
         top = num_labels - 1 if num_labels is not None else None
-        in_range = (
-            pc.greater_equal(labels, 0)
-            if top is None
-            else pc.and_(pc.greater_equal(labels, 0), pc.less_equal(labels, top))
-        )
+        in_range = pc.greater_equal(labels, 0)
+        if top is not None:
+            in_range = pc.and_(in_range, pc.less_equal(labels, top))
         if (i := _first_false(in_range)) is not None:
             want = f"0..{top} ({num_labels} classes)" if top is not None else "a non-negative class id"
             problems.append((i, f"label {labels[i].as_py()} is out of range; expected {want}"))

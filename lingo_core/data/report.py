@@ -174,20 +174,8 @@ HEADERS = ("task", "train", "dev", "test", "train labels %", "test∩train", "bp
 def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     n = report.meta["bbpe_sample"]
     headers = [*HEADERS, f"BBPE tok med/p95/max (≤{n} sampled)", "one-hot tok med/p95/max (all)"]
-    rows = [
-        [
-            t.name,
-            str(t.rows["train"]),
-            str(t.rows["dev"]),
-            str(t.rows["test"]),
-            _balance(t.label_counts["train"]),
-            str(t.test_in_train),
-            _triple(t.bp),
-            _triple(t.bbpe),
-            _triple(t.onehot),
-        ]
-        for t in report.tasks
-    ]
+    rows = [[t.name, *(str(t.rows[s]) for s in SPLITS), _balance(t.label_counts["train"]),
+             str(t.test_in_train), _triple(t.bp), _triple(t.bbpe), _triple(t.onehot)] for t in report.tasks]
     return headers, rows
 
 
