@@ -84,23 +84,19 @@ def save_pyfunc(adapter_dir: str | Path, out_dir: str | Path) -> Path:
         # MLflow nudges towards type-hinted predict() and an input example; the explicit signature below
         # is the contract (an example would need a base model load at save time)
         warnings.filterwarnings("ignore", message=r".*(type hints|input example)")
-        _save(adapter_dir, meta, out_dir)
+        mlflow.pyfunc.save_model(
+            str(out_dir),
+            python_model=str(CODE_FILE),  # models-from-code: MLflow runs this file on load, nothing is pickled
+            artifacts={ADAPTER_ARTIFACT: str(adapter_dir)},  # the key pyfunc_model.py reads
+            code_paths=[str(Path(lingo_core.__file__).parent)],
+            signature=signature(meta),
+            pip_requirements=pip_requirements(meta),
+            metadata={"lingo_task": meta["task"], "lingo_method": meta["method"],
+                      "lingo_base_sha256": str(meta["base_model"].get("sha256"))},
+        )
     for cache in Path(out_dir, "code").rglob("__pycache__"):  # compiled files of this interpreter only
         shutil.rmtree(cache, ignore_errors=True)
     return Path(out_dir)
-
-
-def _save(adapter_dir: Path, meta: dict, out_dir: str | Path) -> None:
-    mlflow.pyfunc.save_model(
-        str(out_dir),
-        python_model=str(CODE_FILE),  # models-from-code: MLflow runs this file on load, nothing is pickled
-        artifacts={ADAPTER_ARTIFACT: str(adapter_dir)},  # the key pyfunc_model.py reads
-        code_paths=[str(Path(lingo_core.__file__).parent)],
-        signature=signature(meta),
-        pip_requirements=pip_requirements(meta),
-        metadata={"lingo_task": meta["task"], "lingo_method": meta["method"],
-                  "lingo_base_sha256": str(meta["base_model"].get("sha256"))},
-    )
 
 
 def log_pyfunc(c, run_id: str, adapter_dir: str | Path) -> str:
