@@ -17,6 +17,7 @@ from typing import Any
 
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from lingo_core.adapter_checks import FORMAT_VERSION, AdapterError, read_adapter_meta
 from lingo_core.method_names import PEFT_METHODS, RANK_METHODS
@@ -180,6 +181,13 @@ def apply_adapter(model: nn.Module, path: str | Path, meta: dict) -> nn.Module:
     return model.eval()
 
 
+def export_tokenizer(hf_tokenizer: PreTrainedTokenizerBase, meta: dict) -> LingoTokenizer:
+    """The prompts an export was trained on: its template, tokenization mode and max_length over the base's
+    own tokenizer (load_adapter and every Predictor slot build it here)."""
+    return LingoTokenizer(hf_tokenizer, mode=meta["tokenization"], max_length=meta["max_length"],
+                          template=PromptTemplate(meta["template"]))
+
+
 def load_adapter(path: str | Path, base_model: str | Path | None = None):
     """Load an exported folder -> (model in eval mode, LingoTokenizer, lingo.json dict).
 
@@ -191,6 +199,4 @@ def load_adapter(path: str | Path, base_model: str | Path | None = None):
     meta = read_meta(path)
     ref = resolve_base(meta, base_model, path / "lingo.json")
     model = apply_adapter(load_classifier(ref, meta["num_labels"]), path, meta)
-    tok = LingoTokenizer(load_tokenizer(ref), mode=meta["tokenization"], max_length=meta["max_length"],
-                         template=PromptTemplate(meta["template"]))
-    return model, tok, meta
+    return model, export_tokenizer(load_tokenizer(ref), meta), meta

@@ -28,13 +28,13 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from lingo_core.artifacts import apply_adapter, read_meta, resolve_base
+from lingo_core.artifacts import apply_adapter, export_tokenizer, read_meta, resolve_base
 from lingo_core.data.errors import DataError
 from lingo_core.data.loading import invalid_letter
 from lingo_core.method_names import RANK_METHODS
 from lingo_core.model_identity import model_identity
 from lingo_core.modeling import HEAD_NAMES, load_classifier, load_tokenizer
-from lingo_core.tokenization import LingoTokenizer, PromptTemplate
+from lingo_core.tokenization import LingoTokenizer
 
 if TYPE_CHECKING:
     from lingo_core.multitask import MultiTaskLoRA
@@ -156,9 +156,7 @@ class Predictor:
         tree = copy.deepcopy(base) if meta["method"] == "full" else _shared_copy(base)
         _fresh_head(tree, meta["num_labels"])
         model = apply_adapter(tree, path, meta).to(self.device)
-        tok = LingoTokenizer(hf_tokenizer, mode=meta["tokenization"], max_length=meta["max_length"],
-                             template=PromptTemplate(meta["template"]))
-        return LoadedAdapter(path, meta, model, tok)
+        return LoadedAdapter(path, meta, model, export_tokenizer(hf_tokenizer, meta))
 
     def predict(self, sequences: Sequence[str],
                 progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
