@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 
 from lingo_core.method_names import METHODS, PEFT_METHODS
 from lingo_core.storage import sha256_file
+from lingo_core.tokenization import MODES
 from lingo_core.typed import is_int
 
 FORMAT_VERSION = 1
@@ -47,7 +48,7 @@ def _key_checks() -> dict[str, tuple[Any, str]]:
     return {
         "num_labels": (lambda v: is_int(v) and v >= 2, "an integer >= 2"),
         "label_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
-        "tokenization": (lambda v: v in ("bbpe", "onehot"), "'bbpe' or 'onehot'"),
+        "tokenization": (lambda v: v in MODES, " or ".join(map(repr, MODES))),
         "max_length": (lambda v: v is None or (is_int(v) and v > 0), "a positive integer or null"),
         "method": (lambda v: v in METHODS, f"one of {list(METHODS)}"),
         "base_model": (lambda v: isinstance(v, dict) and isinstance(v.get("name"), str) and v["name"] != "",

@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 TEMPLATE = "Domain: DNA {description}\nSequence: {sequence}\nAnnotation:"
-MODES = ("bbpe", "onehot")
+MODES = ("bbpe", "onehot")  # the tokenization modes; TrainConfig and adapter_checks check against them
 NUCLEOTIDES = "ACGTN"
 
 _BBPE_TOKENS_PER_BP = 0.6  # SmolLM2 BBPE on all GUE train splits: mean 0.53, p99 0.60 tokens per bp

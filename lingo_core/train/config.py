@@ -8,10 +8,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lingo_core.tokenization import MODES
 from lingo_core.tuners.config import AdapterSettings
 from lingo_core.typed import build, is_int
-
-TOKENIZATIONS = ("bbpe", "onehot")
 
 
 @dataclass
@@ -70,8 +69,8 @@ class TrainConfig:
             self.adapter = build(AdapterSettings, self.adapter, "adapter")
         if not isinstance(self.task, str) or not self.task:
             raise ValueError(f"TrainConfig.task={self.task!r}: expected a non-empty task name like 'prom_core_tata'")
-        if self.tokenization not in TOKENIZATIONS:
-            raise ValueError(f"TrainConfig.tokenization={self.tokenization!r}: expected one of {TOKENIZATIONS}")
+        if self.tokenization not in MODES:
+            raise ValueError(f"TrainConfig.tokenization={self.tokenization!r}: expected one of {MODES}")
         for name in ("epochs", "batch_size", "grad_accum", "log_every"):
             _positive_int(self, name)
         for name in ("max_length", "max_steps", "eval_batch_size", "eval_every", "max_train_samples",
