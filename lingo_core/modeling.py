@@ -43,7 +43,8 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
 }
 """Attention + MLP projection names per model family (``config.model_type``), the default adapter targets."""
 HEAD_NAMES = ("score", "classifier")
-"""The head attribute of HF sequence classifiers (LLaMA/OPT: score): new for every task, never part of the base."""
+"""The head attribute of HF sequence classifiers (LLaMA/OPT: score): new for every task, never part of the
+base."""
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """The routed layer of `lingo_core.multitask.MultiTaskLoRA` and what routes it: `TaskAdapter` (one task's
 slot: classes, rank, alpha), `Routing` (which task each row belongs to), `RoutedLoRALinear` (a frozen
-linear plus K tasks' stacked LoRA factors, each row updated by its own task's) and `last_token_index`
-(the row's pooled position). The picture of the forward is in `lingo_core.multitask`'s module doc.
+linear plus K tasks' stacked LoRA factors, each row updated by its own task's), `RouteSlot` (the routing
+of the forward in progress, shared by a model's routed layers) and `last_token_index` (the row's pooled
+position). The picture of the forward is in `lingo_core.multitask`'s module doc.
 """
 
 from __future__ import annotations

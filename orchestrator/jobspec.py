@@ -205,8 +205,8 @@ def parse_overrides(overrides: typing.Sequence[str]) -> list[tuple[str, Any]]:
         key, eq, text = item.partition("=")
         if not eq or not key.strip():
             raise JobSpecError("override", item, "expected key=value (e.g. train.epochs=2)")
-        try:
-            value = parse_value(text, key.strip())  # as strict as the file itself; `lingo train` types its values the same way
+        try:  # as strict as the file itself; `lingo train` types its values the same way
+            value = parse_value(text, key.strip())
         except FieldError as e:
             raise JobSpecError(f"override {item!r}", e.path, e.problem) from None
         parsed.append((key.strip(), value))

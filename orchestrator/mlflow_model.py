@@ -86,7 +86,7 @@ def save_pyfunc(adapter_dir: str | Path, out_dir: str | Path) -> Path:
         warnings.filterwarnings("ignore", message=r".*(type hints|input example)")
         mlflow.pyfunc.save_model(
             str(out_dir),
-            python_model=str(CODE_FILE),  # models-from-code: MLflow runs this file on load, nothing is pickled
+            python_model=str(CODE_FILE),  # models-from-code: MLflow runs this file on load, unpickles nothing
             artifacts={ADAPTER_ARTIFACT: str(adapter_dir)},  # the key pyfunc_model.py reads
             code_paths=[str(Path(lingo_core.__file__).parent)],
             signature=signature(meta),

@@ -90,7 +90,7 @@ def check_backend(backend: object, cfg: TrainConfig) -> None:
     """Raise ValueError when `backend` accumulates or clips otherwise than `cfg`: the trainer counts
     steps, epochs and the schedule from cfg.grad_accum, the backend applies the optimizer at its own
     boundaries, so a mismatch would train silently with another step count and clip."""
-    # TorchBackend keeps them as attributes; DeepSpeedBackend on its `settings` (orchestrator/deepspeed_backend.py).
+    # TorchBackend keeps them as attributes; DeepSpeedBackend (orchestrator) on its `settings`.
     for name, norm in (("grad_accum", int), ("max_grad_norm", lambda v: v or None)):  # None and 0: no clip
         have = getattr(backend, name, getattr(getattr(backend, "settings", None), name, _UNSET))
         if have is not _UNSET and norm(have) != norm(getattr(cfg, name)):
