@@ -137,11 +137,20 @@ def _lr_select(data: Data, fig: Figure) -> None:
     for ax, task in zip(axes, tasks, strict=True):
         for m in methods:
             for k, rung in enumerate(rungs):
-                pts = sorted((r["lr"], r["dev_mcc"]) for r in rows
-                             if r["task"] == task and r["method"] == m and r.get("total_steps", 0) == rung)
+                pts = sorted((r["lr"], r["dev_mcc"]) for r in rows if r["task"] == task and r["method"] == m
+                             and r.get("total_steps", 0) == rung and not r.get("variant"))
                 if pts:
                     ax.plot(*zip(*pts, strict=True), marker="o", color=colors[m], linestyle=styles[k % 4],
                             label=f"{m}, {rung} steps")
+            # a screen of method knobs at one lr (quality_gpu.py's "variant"): one marker per setting
+            variants = sorted({r["variant"] for r in rows if r["method"] == m and r.get("variant")})
+            for j, variant in enumerate(variants):
+                pts = [(r["lr"], r["dev_mcc"]) for r in rows
+                       if r["task"] == task and r["method"] == m and r.get("variant") == variant]
+                label = ",".join(kv for kv in variant.split(",") if not kv.endswith("=None"))
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), marker="xs^vD<>"[j % 7], color=colors[m], linestyle="none",
+                            markersize=7, alpha=0.8, label=f"{m}, {label}")
         ax.set_xscale("log")
         ax.set_xlabel("lr")
         ax.set_title(task, fontsize=10)

@@ -107,7 +107,8 @@ def choose_lr(rows: list[dict]) -> dict[str, dict]:
         if r["dev_mcc"] is not None and math.isfinite(r["dev_mcc"]):
             by.setdefault((r["method"], r["lr"], r.get("sampling"), r.get("variant")), []).append(r["dev_mcc"])
     best: dict[str, tuple[tuple, float]] = {}
-    for key, values in sorted(by.items(), key=lambda kv: str(kv[0])):
+    # a tie goes to the first in this order, where a default (None) sorts before any explicit setting
+    for key, values in sorted(by.items(), key=lambda kv: tuple("" if x is None else str(x) for x in kv[0])):
         mean = statistics.fmean(values)
         if key[0] not in best or mean > best[key[0]][1]:
             best[key[0]] = (key, mean)
