@@ -20,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from lingo_core.adapter_checks import FORMAT_VERSION, AdapterError, read_adapter_meta
+from lingo_core.cliparse import first_line
 from lingo_core.method_names import PEFT_METHODS, RANK_METHODS
 from lingo_core.model_identity import model_identity
 from lingo_core.model_ref import BaseModelRef, resolve_model
@@ -174,10 +175,9 @@ def apply_adapter(model: nn.Module, path: str | Path, meta: dict) -> nn.Module:
     except (RuntimeError, ValueError, KeyError) as e:  # shapes or names that do not fit this base model
         if isinstance(e, AdapterError):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
         raise AdapterError(f"{path}: weights do not fit base model {name!r} with {meta['num_labels']} labels "
-                           f"({first}); expected an adapter trained on this base") from None
+                           f"({first_line(e)}); expected an adapter trained on this base") from None
     return model.eval()
 
 

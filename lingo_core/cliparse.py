@@ -20,6 +20,12 @@ def one_line(message: object) -> str:
     return "; ".join(part.strip() for part in str(message).strip().splitlines() if part.strip())
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): a short cause to quote."""
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
 def fail(prog: str, message: object) -> int:
     """Print the error line for `prog` and return the exit status to return from main()."""
     print(f"{prog}: error: {one_line(message)}", file=sys.stderr)

@@ -8,6 +8,7 @@ A leaf: it imports nothing of the orchestrator.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -81,6 +82,11 @@ class DeepSpeedSpec:
             raise FieldError("bf16", f"expected true, false or 'auto', got {self.bf16!r}")
         if self.offload_param and self.zero_stage != 3:
             raise FieldError("offload_param", f"needs zero_stage 3, got {self.zero_stage}")
+
+
+def default_tracking_uri(output_dir: str | Path) -> str:
+    """sqlite file in the sweep folder; four slashes = absolute path, so every process agrees."""
+    return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
 
 
 @dataclass

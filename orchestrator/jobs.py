@@ -18,8 +18,8 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from lingo_core.cliparse import fail
-from orchestrator.submit import DEFAULT_ADDRESS, TERMINAL, ClusterError, connect, first_line, follow
+from lingo_core.cliparse import fail, first_line
+from orchestrator.submit import DEFAULT_ADDRESS, TERMINAL, ClusterError, connect, follow
 
 
 def _call(what: str, fn, attempts: int = 3):

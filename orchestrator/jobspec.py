@@ -30,6 +30,7 @@ from orchestrator.execution_spec import (
     ResourcesSpec,
     SchedulerSpec,
     at_least,
+    default_tracking_uri,
 )
 
 __all__ = [
@@ -175,7 +176,7 @@ class JobSpec:
         """MLflow store: the explicit URI, else a sqlite file in the output folder."""
         if self.mlflow.tracking_uri:
             return self.mlflow.tracking_uri
-        return f"sqlite:///{Path(self.output_dir).resolve() / 'mlflow.db'}"
+        return default_tracking_uri(self.output_dir)
 
     @property
     def storage_path(self) -> str:

@@ -23,6 +23,7 @@ import yaml
 
 from lingo_core.cliparse import fail
 from lingo_core.storage import atomic_file
+from orchestrator.execution_spec import default_tracking_uri
 
 # MLflow (orchestrator.tracking), torch (lingo_core.predict, lingo_core.artifacts), pyarrow and tqdm are
 # imported inside the functions that use them: `lingo predict --help` and argument errors answer without them.
@@ -76,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
 def tracking_uri(given: str | None) -> str:
     from orchestrator import tracking  # MLflow: heavy, see the note at the top
 
-    uri = given or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(DEFAULT_TRACKING)
+    uri = given or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(DEFAULT_TRACKING)
     if (db := tracking.missing_sqlite_store(uri)) is not None:
         raise PredictCliError(f"no MLflow store at {db}; run `lingo tune` first or pass --tracking-uri")
     return uri

@@ -27,6 +27,7 @@ from lingo_core.cliparse import fail
 from lingo_core.selection import SELECTION
 from lingo_core.storage import atomic_dir
 from orchestrator import tracking
+from orchestrator.execution_spec import default_tracking_uri
 from orchestrator.summary import best_per_seed, plot_summary, render_markdown, summary_table
 from orchestrator.sweep import STATE_FILE, collect_trials
 
@@ -93,7 +94,7 @@ def from_experiment(name: str, tracking_uri: str | None, run_id: str | None = No
         if not (default_dir / "mlflow.db").is_file():
             raise ReportError(f"unknown experiment {name!r}: no such sweep folder, no {default_dir / 'mlflow.db'}, "
                               "and no --tracking-uri or $MLFLOW_TRACKING_URI to look it up in")
-        uri = tracking.default_tracking_uri(default_dir)
+        uri = default_tracking_uri(default_dir)
     c = _open_client(uri, f"experiment {name!r}")
     exp = c.get_experiment_by_name(name)
     if exp is None:

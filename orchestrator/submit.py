@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lingo_core.cliparse import ArgumentParser, fail
+from lingo_core.cliparse import ArgumentParser, fail, first_line
 from orchestrator.env import job_env
 from orchestrator.jobspec import JobSpecError, read_job_file
 
@@ -73,11 +73,6 @@ def prepare(job_path: str | Path, overrides: Sequence[str], validate: bool = Tru
 
 class ClusterError(RuntimeError):
     """The cluster cannot be reached, or refused a request (e.g. an unknown job id): one line for the user."""
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
 
 
 def _token_auth_if_available() -> None:

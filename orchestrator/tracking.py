@@ -43,11 +43,6 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------------------- store
 
 
-def default_tracking_uri(output_dir: str | Path) -> str:
-    """sqlite file in the sweep folder; four slashes = absolute path, so every process agrees."""
-    return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
-
-
 def missing_sqlite_store(tracking_uri: str) -> Path | None:
     """The sqlite file of a sqlite:/// URI when it does not exist, else None: MLflow would create an empty
     store there, so a lookup (lingo report, lingo predict) must refuse it instead of writing one."""

@@ -23,6 +23,7 @@ import pytest
 
 from orchestrator import tracking
 from orchestrator.cli import main as lingo
+from orchestrator.execution_spec import default_tracking_uri
 from orchestrator.submit import REPO_ROOT
 
 RAY = Path(sys.executable).with_name("ray")
@@ -159,7 +160,7 @@ def test_submit_smoke_job_and_follow_it(ray_head: str, tmp_path: Path, tiny_mode
     assert "registered lingo-prom_core_tata" in logs and "MLflow: sqlite:" in logs
 
     # the sweep's runs, in the store the job wrote (output_dir is a path on this host)
-    c = tracking.client(tracking.default_tracking_uri(out))
+    c = tracking.client(default_tracking_uri(out))
     exp = c.get_experiment_by_name("smoke")
     parents = [r for r in c.search_runs([exp.experiment_id]) if tracking.PARENT_TAG not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

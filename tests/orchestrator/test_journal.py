@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from orchestrator import journal, tracking
+from orchestrator.execution_spec import default_tracking_uri
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("journal_store")
-    uri = tracking.default_tracking_uri(folder)
+    uri = default_tracking_uri(folder)
     c = tracking.client(uri)
     exp = tracking.ensure_experiment(c, "journal", tracking.default_artifact_location(folder))
     return uri, c, exp

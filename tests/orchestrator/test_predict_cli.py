@@ -30,6 +30,7 @@ import torch
 from lingo_core.artifacts import load_adapter
 from lingo_core.data import TaskRegistry, load_split
 from orchestrator import tracking
+from orchestrator.execution_spec import default_tracking_uri
 
 TASKS = {"prom_core_tata": "ars", "tf/0": "lora"}  # two tasks, two PEFT types, one base
 
@@ -45,7 +46,7 @@ def store(tmp_path_factory, tiny_model_dir: Path, gue_root: Path) -> dict:
     from orchestrator.worker import WORKER_DRAIN_S, _log_result, _open_journal
 
     root = tmp_path_factory.mktemp("predict_store")
-    uri = tracking.default_tracking_uri(root)
+    uri = default_tracking_uri(root)
     c = tracking.client(uri)
     exp = tracking.ensure_experiment(c, "predict", tracking.default_artifact_location(root))
     parent = tracking.start_parent_run(c, exp, "sweep")

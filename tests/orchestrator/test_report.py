@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator import tracking
 from orchestrator.cli import main as lingo
+from orchestrator.execution_spec import default_tracking_uri
 from orchestrator.jobspec import JobSpec
 from orchestrator.sweep import STATE_FILE, collect_trials, register
 
@@ -34,7 +35,7 @@ def _pattern(layer_ranks: list[int]) -> dict[str, list[bool]]:
 def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated, empty sqlite store, made once: MLflow's schema migrations take ~5 s per new file."""
     folder = tmp_path_factory.mktemp("empty_store")
-    tracking.client(tracking.default_tracking_uri(folder)).search_experiments()
+    tracking.client(default_tracking_uri(folder)).search_experiments()
     return folder / "mlflow.db"
 
 
@@ -43,7 +44,7 @@ def _sweep(tmp: Path, empty_store: Path, gue_root: Path, name: str = "rep") -> t
     out = tmp / name
     out.mkdir()
     shutil.copyfile(empty_store, out / "mlflow.db")
-    uri = tracking.default_tracking_uri(out)
+    uri = default_tracking_uri(out)
     c = tracking.client(uri)
     exp = tracking.ensure_experiment(c, name, tracking.default_artifact_location(out))
     parent = tracking.start_parent_run(c, exp, name, tags={tracking.METHODS_TAG: "ars,lora"})
@@ -120,7 +121,7 @@ def test_report_files_and_their_mlflow_copies(tmp_path: Path, empty_store: Path,
 
 def test_report_by_experiment_name(tmp_path: Path, empty_store: Path, gue_root: Path, monkeypatch) -> None:
     out, _, parent = _sweep(tmp_path, empty_store, gue_root, name="byname")
-    uri = tracking.default_tracking_uri(out)
+    uri = default_tracking_uri(out)
     dest = tmp_path / "elsewhere"
     assert lingo(["report", "byname", "--tracking-uri", uri, "--out", str(dest), "--no-log"]) == 0
     assert {p.name for p in dest.iterdir()} == FILES
@@ -151,6 +152,6 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, monkeypatch, capsys, args,
 def test_unknown_experiment_in_a_store_names_the_known_ones(tmp_path: Path, empty_store: Path, gue_root: Path,
                                                             capsys) -> None:
     out, _, _ = _sweep(tmp_path, empty_store, gue_root, name="known")
-    assert lingo(["report", "other", "--tracking-uri", tracking.default_tracking_uri(out)]) == 2
+    assert lingo(["report", "other", "--tracking-uri", default_tracking_uri(out)]) == 2
     err = capsys.readouterr().err
     assert "unknown experiment 'other'" in err and "known" in err and err.count("\n") == 1

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import tracking
+from orchestrator.execution_spec import default_tracking_uri
 
 
 def _run_with_adapter(c, exp_id: str, parent: str, trial: str, tmp: Path) -> str:
@@ -29,13 +30,13 @@ def _run_with_adapter(c, exp_id: str, parent: str, trial: str, tmp: Path) -> str
 def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated, empty sqlite store, made once: MLflow's schema migrations take ~5 s per new file."""
     folder = tmp_path_factory.mktemp("empty_store")
-    tracking.client(tracking.default_tracking_uri(folder)).search_experiments()  # creates the tables
+    tracking.client(default_tracking_uri(folder)).search_experiments()  # creates the tables
     return folder / "mlflow.db"
 
 
 def _store(tmp_path: Path, empty_store: Path):
     shutil.copyfile(empty_store, tmp_path / "mlflow.db")  # each test still gets its own store
-    uri = tracking.default_tracking_uri(tmp_path)
+    uri = default_tracking_uri(tmp_path)
     assert uri.startswith("sqlite:////")  # absolute: every process resolves the same file
     c = tracking.client(uri)
     exp = tracking.ensure_experiment(c, "exp", tracking.default_artifact_location(tmp_path))
@@ -68,7 +69,7 @@ def test_champion_moves_only_on_improvement(tmp_path: Path, empty_store: Path) -
     import mlflow.artifacts
 
     local = mlflow.artifacts.download_artifacts(artifact_uri=c.get_model_version_download_uri("lingo-tf_0", champ.version),
-                                                dst_path=str(tmp_path / "dl"), tracking_uri=tracking.default_tracking_uri(tmp_path))
+                                                dst_path=str(tmp_path / "dl"), tracking_uri=default_tracking_uri(tmp_path))
     assert '"e"' in (Path(local) / "lingo.json").read_text()
 
 
