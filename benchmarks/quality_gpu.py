@@ -35,7 +35,7 @@ from orchestrator import tracking  # noqa: E402
 from orchestrator.sweep import STATE_FILE, run_sweep  # noqa: E402
 from orchestrator.validate import load_job  # noqa: E402
 
-ARS_KNOBS = ("exploration", "tinit", "tfinal", "orth_reg_weight")
+ARS_KNOBS = ("exploration", "tinit", "tfinal", "orth_reg_weight", "hold_dropped_importance")
 """ARS settings a selection may put on a grid (`search.ars.adapter.<knob>`); each ars row records them as
 its "variant", so rows of different grid points neither replace each other nor average together."""
 JOBS = {"select": REPO / "jobs" / "lr_select_gpu.yaml", "proof": REPO / "jobs" / "quality_gpu.yaml"}

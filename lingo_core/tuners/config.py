@@ -91,6 +91,10 @@ class AdapterSettings:
     exploration: float = 0.1  # one pruned triplet in ten is retried per resample period
     """ars: probability that a pruned triplet is reintroduced for one resample period. Kept triplets are
     dropped with p_drop = exploration x (n - b) / b, so the expected active count equals the budget b."""
+    hold_dropped_importance: bool = False  # off until a dev screen on GPU says otherwise (BENCHMARKS.md)
+    """ars: a kept triplet that exploration drops keeps its importance EMAs while dropped. Off, its
+    zero gradients decay them within ~10 steps, so the next selection (every deltaT steps) prunes it for
+    good and a drop acts as a random prune; on, it competes on the importance it had when dropped."""
     sampling: str = "uniform"  # simplest: no dependence on noisy importance scores
     """ars: "uniform" (fixed probabilities) or "importance" (scaled by triplet importance)."""
     svd_init: str = "lora"  # P = 0, Q as LoRA's A, Λ = 1: the adapter starts as LoRA and learns as fast
@@ -140,6 +144,9 @@ class AdapterSettings:
             if not 0.0 < value < 1.0:
                 raise ValueError(f"AdapterSettings.{name}: got {value!r}; expected an EMA coefficient in (0, 1)")
         check_sampling("AdapterSettings", self.exploration, self.sampling)
+        if not isinstance(self.hold_dropped_importance, bool):
+            raise ValueError(f"AdapterSettings.hold_dropped_importance: got {self.hold_dropped_importance!r}; "
+                             "expected true or false")
         if self.orth_reg_weight < 0:
             raise ValueError(f"AdapterSettings.orth_reg_weight: got {self.orth_reg_weight!r}; expected >= 0")
         if self.lora_alpha <= 0:

@@ -17,7 +17,8 @@ Every adapted weight W (d_out x d_in) gets r = init_r singular triplets (p_i, λ
       active        = (kept \\ dropped) ∪ reintroduced
 
   A reintroduced triplet resumes from its stored values, trains on task gradients and is scored from
-  them while active; at the next draw it competes with the kept ones for the budget. Exploration stops
+  them while active; at the next draw it competes with the kept ones for the budget. A dropped one gets
+  zero gradients, so its EMAs decay unless hold_dropped_importance holds them for the period. Exploration stops
   one resample period before the final selection, so the kept set trains alone first. The final selection
   (step T - tfinal) is the deterministic top-target; that pattern trains alone to the end and is what
   the exported adapter (a plain PEFT AdaLoRA adapter with rank_pattern) contains.

@@ -72,16 +72,24 @@ class TripletImportance:
             torch.cat(parts, out=self._grad)
         self._captured = True
 
-    def update(self) -> None:
+    def update(self, hold: torch.Tensor | None = None) -> None:
         """Fold the captured gradients, times the current (post-step) values, into the EMAs (PEFT's order:
-        the importance of step t uses the weights after step t's update). No-op without a capture."""
+        the importance of step t uses the weights after step t's update). No-op without a capture.
+
+        `hold` (per triplet, bool): triplets whose EMAs keep their values this step, e.g. kept triplets that
+        exploration switched off: their zero gradients say nothing about how much they matter."""
         if not self._captured:
             return
         values = [v.to(self.device, torch.float32) for v in self.access.values()]
         if values:
             sensitivity = (torch.cat(values) * self._grad).abs_()
+            before = (self.ema_ipt.clone(), self.ema_unc.clone()) if hold is not None else None
             self.ema_ipt.lerp_(sensitivity, 1 - self.beta1)
             self.ema_unc.lerp_((sensitivity - self.ema_ipt).abs_(), 1 - self.beta2)
+            if before is not None:
+                held = hold[self.index]
+                torch.where(held, before[0], self.ema_ipt, out=self.ema_ipt)
+                torch.where(held, before[1], self.ema_unc, out=self.ema_unc)
         self._captured = False
 
     def scores(self) -> torch.Tensor:

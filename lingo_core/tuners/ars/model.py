@@ -47,9 +47,11 @@ class RankController:
         beta1: float,
         beta2: float,
         orth_reg_weight: float,
+        hold_dropped_importance: bool = False,
         adapter_name: str = "default",
     ) -> None:
         self.schedule = schedule
+        self.hold_dropped_importance = hold_dropped_importance
         self.adapter_name = adapter_name
         self.beta1, self.beta2, self.orth_reg_weight = beta1, beta2, orth_reg_weight
         self.method = "ars" if schedule.exploration > 0 else "adalora"
@@ -135,7 +137,8 @@ class RankController:
             self.counts[step] = self.counts[step - 1]  # one tiny copy: the frozen pattern stays
             return
         s = self.schedule
-        self.importance.update()
+        # the step just taken ran with the exploration in force: a dropped triplet's zero gradients
+        self.importance.update(self.dropped if self.hold_dropped_importance else None)
         if step >= s.final_step:  # deterministic top-target; exploration ends, the pattern freezes
             self.kept = select_top(self.importance.scores(), s.target_budget)
             self.reintroduced.zero_()

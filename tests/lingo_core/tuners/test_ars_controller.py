@@ -198,6 +198,35 @@ def test_reintroduced_triplets_compete_for_the_budget(make_base):
     assert sum(came_back) > 0, "no reintroduced triplet was ever kept again"
 
 
+@pytest.mark.parametrize("hold", [True, False])
+def test_dropped_triplets_hold_their_importance_only_when_asked(make_base, hold):
+    """Catches: `hold_dropped_importance` that still lets a dropped triplet's EMAs decay (its zero
+    gradients then prune it at the next selection: the drop becomes a random prune), or that freezes them
+    when it is off (the default keeps PEFT's EMA update for every triplet).
+
+    On every pruning step, the scores of the triplets dropped during that step are compared with their
+    scores one step earlier: equal to the last bit when held, lower for some when not."""
+    model, controller = build(make_base, exploration=0.5, resample_every=6, lora_dropout=0.0,
+                              hold_dropped_importance=hold)
+    previous: dict[str, torch.Tensor] = {}
+    compared, decayed = 0, 0
+
+    def check(step: int) -> None:
+        nonlocal compared, decayed
+        scores = controller.importance.scores()
+        if previous and step < controller.schedule.final_step and previous["dropped"].any():
+            held = previous["dropped"]  # the mask in force while this step's gradients were computed
+            compared += 1
+            if hold:
+                assert torch.equal(scores[held], previous["scores"][held]), f"step {step}: held scores moved"
+            decayed += int((scores[held] < previous["scores"][held]).any())
+        previous.update(scores=scores, dropped=controller.dropped.clone())
+
+    train_steps(model, controller, range(1, 32), adam(model), after_step=check)
+    assert compared > 5, "the schedule dropped nothing: the test compared no step"
+    assert (decayed == 0) if hold else (decayed > 0)
+
+
 def test_adalora_keeps_exactly_what_peft_keeps(make_base):
     """Catches: a selection that differs from PEFT's mask_to_budget (exploration 0 is PEFT's AdaLoRA)."""
     model, controller = build(make_base, method="adalora", lora_dropout=0.0)

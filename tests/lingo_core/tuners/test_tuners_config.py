@@ -27,6 +27,7 @@ def test_defaults_are_valid():
         ({"init_r": 4, "target_r": 8}, ["target_r (8) > init_r (4)"]),
         ({"exploration": 1.5}, ["exploration", "1.5", "[0, 1]"]),
         ({"exploration": -0.1}, ["exploration", "-0.1", "[0, 1]"]),
+        ({"hold_dropped_importance": "yes"}, ["hold_dropped_importance", "'yes'", "true or false"]),
         ({"resample_every": 0}, ["resample_every", "0", ">= 1"]),
         ({"svd_init": "gaussian"}, ["svd_init", "'gaussian'", "lora, adalora"]),
         ({"sampling": "gumbel"}, ["sampling", "'gumbel'", "uniform, importance"]),
