@@ -27,6 +27,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -87,7 +89,7 @@ def variant_of(params: dict) -> str:
 def variant_keys(variant: str | None) -> dict:
     """Job-spec keys of a variant string (knobs left at their default, "None", are not set)."""
     pairs = (kv.split("=", 1) for kv in (variant or "").split(",") if kv)
-    return {f"adapter.{k}": float(v) if "." in v else int(v) for k, v in pairs if v != "None"}
+    return {f"adapter.{k}": yaml.safe_load(v) for k, v in pairs if v != "None"}  # "0.1", "60", "True"
 
 
 def choose_lr(rows: list[dict]) -> dict[str, dict]:

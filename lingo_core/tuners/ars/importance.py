@@ -83,13 +83,12 @@ class TripletImportance:
         values = [v.to(self.device, torch.float32) for v in self.access.values()]
         if values:
             sensitivity = (torch.cat(values) * self._grad).abs_()
-            before = (self.ema_ipt.clone(), self.ema_unc.clone()) if hold is not None else None
-            self.ema_ipt.lerp_(sensitivity, 1 - self.beta1)
-            self.ema_unc.lerp_((sensitivity - self.ema_ipt).abs_(), 1 - self.beta2)
-            if before is not None:
-                held = hold[self.index]
-                torch.where(held, before[0], self.ema_ipt, out=self.ema_ipt)
-                torch.where(held, before[1], self.ema_unc, out=self.ema_unc)
+            w1, w2 = 1 - self.beta1, 1 - self.beta2
+            if hold is not None:  # a held element's EMA weight is 0: lerp leaves it exactly as it was
+                live = (~hold[self.index]).float()
+                w1, w2 = live * w1, live * w2
+            self.ema_ipt.lerp_(sensitivity, w1)
+            self.ema_unc.lerp_((sensitivity - self.ema_ipt).abs_(), w2)
         self._captured = False
 
     def scores(self) -> torch.Tensor:
