@@ -156,7 +156,7 @@ def _lr_select(data: Data, fig: Figure) -> None:
         ax.set_title(task, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("dev MCC (best evaluation)")
-    axes[-1].legend(fontsize=7, loc="lower right")
+    axes[-1].legend(fontsize=7, loc="best")
     chosen = ", ".join(f"{m} {v['lr']:g}" for m, v in (data.get("chosen_lr") or {}).items() if "lr" in v)
     fig.suptitle("Learning-rate selection (successive halving)" + (f"; chosen: {chosen}" if chosen else ""),
                  fontsize=10)
@@ -288,7 +288,7 @@ def _scaling(data: Data, fig: Figure) -> None:
 # file-name glob -> renderer; the first match wins (historical snapshots are excluded before this is read)
 RENDERERS: tuple[tuple[str, Callable[[Data, Figure], None]], ...] = (
     ("step_time_gpu", _step_time), ("step_time_cpu", _step_time), ("quality_gpu", _quality),
-    ("lr_select_gpu", _lr_select), ("colocation_gpu", _colocation), ("ars_variants_gpu", _ars_variants),
+    ("lr_select*_gpu", _lr_select), ("colocation_gpu", _colocation), ("ars_variants_gpu", _ars_variants),
     ("mutations_cpu", _mutations), ("trial_start*", _trial_start), ("packing_gpu", _packing),
     ("scaling_gpu", _scaling),
 )
