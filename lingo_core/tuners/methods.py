@@ -111,7 +111,7 @@ def _rank_model(base: PreTrainedModel, settings: AdapterSettings, targets: list[
         deltaT=settings.deltaT,
         beta1=settings.beta1,
         beta2=settings.beta2,
-        orth_reg_weight=settings.orth_weight(),
+        orth_reg_weight=settings.orth_reg_weight,
         total_step=total_steps,
         lora_alpha=settings.lora_alpha,
         lora_dropout=settings.lora_dropout,
@@ -133,7 +133,7 @@ def _rank_model(base: PreTrainedModel, settings: AdapterSettings, targets: list[
         sampling=settings.sampling,
     )
     controller = RankController(model, layers, schedule, seed=seed, beta1=settings.beta1, beta2=settings.beta2,
-                                orth_reg_weight=settings.orth_weight(),
+                                orth_reg_weight=settings.orth_reg_weight,
                                 hold_dropped_importance=settings.hold_dropped_importance)
     return model, controller
 
