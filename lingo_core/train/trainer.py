@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from lingo_core.data.task import TaskSpec
     from lingo_core.tuners.ars import RankController
 
-_SCALARS = ("mcc", "f1", "accuracy", "auroc", "loss")  # metrics forwarded to hooks as dev_<name>
+SCALARS = ("mcc", "f1", "accuracy", "auroc", "loss")  # metrics forwarded to hooks as dev_<name>
 
 
 @dataclass
@@ -274,7 +274,7 @@ def train(
                      "config": cfg.to_dict()}
             ckpt = save_checkpoint(folder.checkpoints, step, backend, controller, state, best_state)
         if hooks.on_evaluate is not None:
-            dev = {f"dev_{k}": m[k] for k in _SCALARS}
+            dev = {f"dev_{k}": m[k] for k in SCALARS}
             hooks.on_evaluate(EvalEvent(step=step, epoch=epoch, metrics=dev, is_best=is_best, checkpoint_dir=ckpt))
 
     bar = tqdm(total=total_steps, initial=step, desc=f"train {spec.name} [{settings.method}]",
