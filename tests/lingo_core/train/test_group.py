@@ -2,7 +2,7 @@
 
 The tiny random LLaMA with real GUE rows, on CPU (fp32: the tolerances below are fp32 float noise).
 Task A (prom_core_tata, 2 classes, 8 steps, dev every 2) is trained alone, with a task B that differs in
-everything a task may differ in (3 classes, longer prompts, rank, lr, batch size, and 4 steps, so it
+everything a task may differ in (3 classes, onehot prompts of one token per base, rank, lr, batch size, and 4 steps, so it
 leaves halfway and A goes on with per-row routing), and next to failing tasks.
 """
 
@@ -36,7 +36,7 @@ def _cfg(tiny_model_dir: Path, gue_root: Path, out: Path, **kw) -> TrainConfig:
 
 def _task_b(tiny_model_dir, gue_root, out) -> TrainConfig:
     return _cfg(tiny_model_dir, gue_root, out, task="splice/reconstructed", epochs=1, batch_size=6, lr=1e-2,
-                max_train_samples=24, seed=7, adapter={"lora_r": 4, "lora_alpha": 4})
+                max_train_samples=24, seed=7, tokenization="onehot", adapter={"lora_r": 4, "lora_alpha": 4})
 
 
 def _weights(result: TrainResult) -> dict[str, torch.Tensor]:
@@ -104,7 +104,7 @@ def test_a_group_of_one_trains_as_train_does(runs):
 
 
 def test_a_task_trains_the_same_next_to_another(runs):
-    """Isolation: A next to B (other classes, rank, lr, batch size, prompts; leaving at step 4) ends with
+    """Isolation: A next to B (other classes, rank, lr, batch size, tokenization; leaving at step 4) ends with
     A's weights when trained alone."""
     a = runs["pair"][0]
     _assert_same_weights(a, runs["alone"])
