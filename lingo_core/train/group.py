@@ -159,10 +159,9 @@ def train_group(configs: Sequence[TrainConfig], hooks: Sequence[TrainHooks] | No
                          warmup_steps=[t.cfg.warmup_steps(t.total_steps) for t in tasks])
     identity = model_identity(ref)
     seed = int(np.random.SeedSequence([c.seed for c in configs]).generate_state(1)[0])  # dropout of the group
-    grad_accum = configs[0].grad_accum
-    device_ = backend.device
-    loss_sum = torch.zeros(len(tasks), device=device_)  # running losses stay on device until a log
-    bad_step = torch.full((len(tasks),), -1, dtype=torch.long, device=device_)  # first non-finite loss's step
+    grad_accum, device = configs[0].grad_accum, backend.device
+    loss_sum = torch.zeros(len(tasks), device=device)  # running losses stay on device until a log
+    bad_step = torch.full((len(tasks),), -1, dtype=torch.long, device=device)  # first non-finite loss's step
     step, micro, active = 0, 0, list(tasks)
     while active:
         try:
@@ -172,8 +171,8 @@ def train_group(configs: Sequence[TrainConfig], hooks: Sequence[TrainHooks] | No
                 torch.manual_seed(seed * 1_000_003 + micro)
                 micro += 1
                 with backend.autocast():
-                    logits = model(batch["input_ids"].to(device_), batch["attention_mask"].to(device_), routing)
-                losses = model.task_losses(logits, batch["labels"].to(device_), routing)
+                    logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), routing)
+                losses = model.task_losses(logits, batch["labels"].to(device), routing)
                 finite = torch.isfinite(losses)
                 bad_step = torch.where((bad_step < 0) & ~finite, step + 1, bad_step)
                 kept = torch.where(bad_step < 0, losses, torch.zeros_like(losses))  # a failed task's loss: out
@@ -206,11 +205,13 @@ def train_group(configs: Sequence[TrainConfig], hooks: Sequence[TrainHooks] | No
                 if _evaluates(t, step):
                     _dev_eval(model, t, backend, step, epoch)
                 if step == t.total_steps:
+                    # wall time: from the group's start to this task's result, start-up shared with the others
                     out[t.index] = _finish(model, t, backend, ref, identity, time.perf_counter() - t0)
                     active.remove(t)
             except Exception as e:  # noqa: BLE001 - this task's own hooks, eval or export
                 out[t.index] = e
                 active.remove(t)
+    assert all(r is not None for r in out), "every task ends with a result or an exception"
     return out  # type: ignore[return-value]
 
 

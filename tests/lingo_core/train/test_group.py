@@ -2,8 +2,8 @@
 
 The tiny random LLaMA with real GUE rows, on CPU (fp32: the tolerances below are fp32 float noise).
 Task A (prom_core_tata, 2 classes, 8 steps, dev every 2) is trained alone, with a task B that differs in
-everything a task may differ in (3 classes, onehot prompts of one token per base, rank, lr, batch size, and 4 steps, so it
-leaves halfway and A goes on with per-row routing), and next to failing tasks.
+everything a task may differ in (3 classes, onehot prompts of one token per base, rank, lr, batch size,
+and 4 steps, so it leaves halfway and A goes on with per-row routing), and next to failing tasks.
 """
 
 from __future__ import annotations
