@@ -20,10 +20,12 @@ base and the forward. One optimizer step is one mixed batch with each active tas
 * Leaving: a task leaves at its last step, when exported; the others go on. A task's loss, logits and
   gradient touch only its own slot, so nothing a task does reaches another task's weights.
 * Failure: an exception in a task's own part (data, its hooks, eval, export) or a non-finite training loss
-  ends that task only: its slot of the returned list holds the exception. A non-finite loss is masked out
-  of the backward on the device from the step it appears and read on the host at the next step where some
-  task logs, evaluates or ends (no host read per step). An exception in the shared forward/backward ends
-  every task still running (it is in all their slots); tasks already finished keep their results.
+  ends that task only: its slot of the returned list holds the exception. A non-finite loss is noted on
+  the device at the step it appears and read on the host at the next step where some task logs, evaluates
+  or ends (no host read per step); from then on the task's rows leave the batch. Until that read its loss
+  is masked out of the summed loss; the others' gradients would not see it anyway, as above. An exception
+  in the shared forward/backward ends every task still running (it is in all their slots); tasks already
+  finished keep their results.
 * Determinism: data and init from each config's seed; dropout from all seeds and the micro-batch index.
 """
 
@@ -175,7 +177,7 @@ def train_group(configs: Sequence[TrainConfig], hooks: Sequence[TrainHooks] | No
                 losses = model.task_losses(logits, batch["labels"].to(device), routing)
                 finite = torch.isfinite(losses)
                 bad_step = torch.where((bad_step < 0) & ~finite, step + 1, bad_step)
-                kept = torch.where(bad_step < 0, losses, torch.zeros_like(losses))  # a failed task's loss: out
+                kept = torch.where(bad_step < 0, losses, torch.zeros_like(losses))  # a failed task's loss: out of the sum
                 (kept.sum() / grad_accum).backward()
                 loss_sum += kept.detach()
             opt.step()

@@ -160,3 +160,13 @@ def test_configs_that_cannot_share_a_group_are_refused_before_work(tiny_model_di
     with pytest.raises(ValueError, match=message):
         train_group([first, other], device="cpu")
     assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_gradient_accumulation_steps_as_train_does(tiny_model_dir, gue_root, tmp_path):
+    """grad_accum 2 x batch 4: two mixed micro-batches per optimizer step, as train() accumulates them."""
+    kw = dict(batch_size=4, grad_accum=2, max_steps=3, eval_every=3, lr=1e-2)
+    (grouped,) = train_group([_cfg(tiny_model_dir, gue_root, tmp_path / "group", **kw)], device="cpu")
+    cfg = _cfg(tiny_model_dir, gue_root, tmp_path / "train", **kw)
+    alone = train(cfg, backend=TorchBackend.for_config(cfg, "cpu"))
+    assert grouped.total_steps == alone.total_steps == 3
+    _assert_same_weights(grouped, alone)
