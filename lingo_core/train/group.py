@@ -125,8 +125,9 @@ def train_group(configs: Sequence[TrainConfig], hooks: Sequence[TrainHooks] | No
 
     Returns one entry per config, in order: its TrainResult (its run folder holds adapter/ and result.json
     as `lingo train` leaves them), or the exception that ended that task. A config the group cannot train
-    (another method, a shared field that differs, a repeated output_dir) is a ValueError before any work.
-    `device`: None picks as train() does (the GPU when there is one)."""
+    (another method, a shared field that differs, a repeated output_dir) is a ValueError before any work;
+    a base that does not load raises, as in train(). `device`: None picks as train() does (the GPU when
+    there is one)."""
     from lingo_core.model_identity import model_identity
     from lingo_core.model_ref import resolve_model
     from lingo_core.modeling import load_classifier, load_tokenizer
