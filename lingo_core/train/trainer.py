@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from lingo_core.data.task import TaskSpec
     from lingo_core.tuners.ars import RankController
 
-_SCALARS = ("mcc", "f1", "accuracy", "auroc", "loss")  # metrics forwarded to hooks as dev_<name>
+SCALARS = ("mcc", "f1", "accuracy", "auroc", "loss")  # metrics forwarded to hooks as dev_<name>
 
 
 @dataclass
@@ -111,13 +111,13 @@ def epoch_batches(n: int, epoch: int, cfg: TrainConfig, rank: int, world: int) -
     return batches[: cfg.steps_per_epoch(n, world) * cfg.grad_accum]
 
 
-def _loader(examples: list[dict], batches: list[list[int]], collate, cfg: TrainConfig):
+def data_loader(examples: list[dict], batches: list[list[int]], collate, cfg: TrainConfig):
     return torch.utils.data.DataLoader(
         examples, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers
     )
 
 
-def _prepare_data(cfg: TrainConfig):
+def prepare_data(cfg: TrainConfig):
     from lingo_core.data.loading import load_task
     from lingo_core.data.task import TaskRegistry
 
@@ -157,7 +157,7 @@ def evaluate(model: nn.Module, loader, backend: TrainBackend, desc: str) -> dict
     return {"labels": y, "preds": probs.argmax(-1), "probs": probs, "loss": loss_sum / max(1, y.size)}
 
 
-def _metrics(ev: dict, num_labels: int, label_names) -> dict[str, Any]:
+def eval_metrics(ev: dict, num_labels: int, label_names) -> dict[str, Any]:
     m = classification_metrics(ev["labels"], ev["preds"], ev["probs"], num_labels, label_names)
     m["loss"] = float(ev["loss"])
     return m
@@ -214,7 +214,7 @@ def train(
     check_backend(backend, cfg)  # before any work: a hand-built backend may accumulate or clip otherwise
     rank, world = backend.rank, backend.world_size
     folder = RunFolder(Path(cfg.output_dir))  # the layout's one owner: lingo_core/run_folder.py
-    spec, tables, split_rows = _prepare_data(cfg)
+    spec, tables, split_rows = prepare_data(cfg)
     _mark(clock, "data")
     ref = resolve_model(cfg.model)
     if rank == 0:  # only once the task, its data and the model are known to exist: a bad name leaves nothing
@@ -242,8 +242,8 @@ def train(
     _mark(clock, "backend_ready", backend.device)  # synced: prepare's copies to the GPU are done
 
     size = cfg.eval_batch
-    eval_loaders = {s: _loader(data[s], [list(range(i, min(i + size, len(data[s])))) for i in range(0, len(data[s]), size)],
-                               tok.collate, cfg)
+    eval_loaders = {s: data_loader(data[s], [list(range(i, min(i + size, len(data[s])))) for i in range(0, len(data[s]), size)],
+                                   tok.collate, cfg)
                     for s in ("dev", "test")}
     # best_mcc holds the SELECTION metric's best dev value (the name is kept: checkpoints store it so)
     step, best_step, best_mcc, best_state, best_dev = 0, 0, SELECTION.worst, None, {}
@@ -255,7 +255,7 @@ def train(
 
     def dev_eval(epoch: int) -> None:
         nonlocal best_step, best_mcc, best_state, best_dev, n_dev_evals
-        m = _metrics(evaluate(model, eval_loaders["dev"], backend, f"dev@{step}"), spec.num_labels,
+        m = eval_metrics(evaluate(model, eval_loaders["dev"], backend, f"dev@{step}"), spec.num_labels,
                      spec.label_names)
         n_dev_evals += 1
         # ars/adalora: only weights under the final rank pattern are candidates, so the exported adapter
@@ -274,7 +274,7 @@ def train(
                      "config": cfg.to_dict()}
             ckpt = save_checkpoint(folder.checkpoints, step, backend, controller, state, best_state)
         if hooks.on_evaluate is not None:
-            dev = {f"dev_{k}": m[k] for k in _SCALARS}
+            dev = {f"dev_{k}": m[k] for k in SCALARS}
             hooks.on_evaluate(EvalEvent(step=step, epoch=epoch, metrics=dev, is_best=is_best, checkpoint_dir=ckpt))
 
     bar = tqdm(total=total_steps, initial=step, desc=f"train {spec.name} [{settings.method}]",
@@ -286,7 +286,7 @@ def train(
         batches = epoch_batches(n_train, epoch, cfg, rank, world)
         first_micro = offset * cfg.grad_accum
         micro = epoch * spe * cfg.grad_accum + first_micro  # global micro-batch index (dropout seed)
-        for batch in _loader(data["train"], batches[first_micro:], tok.collate, cfg):
+        for batch in data_loader(data["train"], batches[first_micro:], tok.collate, cfg):
             model.train()
             torch.manual_seed(cfg.seed * 1_000_003 + micro)
             micro += 1
@@ -320,7 +320,7 @@ def train(
         backend.load_trainable_state(best_state)
     test_ev = evaluate(model, eval_loaders["test"], backend, "test")
     n_test_evals = 1  # the only test pass of the run, on the dev-selected weights
-    test_metrics = _metrics(test_ev, spec.num_labels, spec.label_names)
+    test_metrics = eval_metrics(test_ev, spec.num_labels, spec.label_names)
     identity = model_identity(ref)
     final_pattern = controller.rank_pattern() if controller is not None else None  # == the selected weights'
     # The controller's own record, its one owner (restored with it on resume, so it covers every step);

@@ -1,7 +1,7 @@
 """One owner of the rank budget: the (init_r, target_r) the sweep records for a trial is the one the
 trainer trains with, for every GUE task, with and without max_train_samples and a budgets block.
 
-The trainer side goes through the trainer's own data path (`_prepare_data`, no model, no training), so
+The trainer side goes through the trainer's own data path (`prepare_data`, no model, no training), so
 a trainer that counted training rows differently from the sweep (before the cap, after tokenization,
 ...) fails here, and so does a sweep that counted them differently from lingo_core.
 """
@@ -42,7 +42,7 @@ def _job(tmp_path, gue_root, cap: int | None, budgets: dict | None):
 def _prepared(data_root: str, task: str, cap: int | None):
     """The trainer's data path for one task (memoised: the six jobs share 22 x 3 loads)."""
     cfg = TrainConfig(task=task, data_root=data_root, max_train_samples=cap)
-    spec, tables, split_rows = trainer._prepare_data(cfg)
+    spec, tables, split_rows = trainer.prepare_data(cfg)
     return spec, tables["train"].num_rows, split_rows
 
 
