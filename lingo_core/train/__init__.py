@@ -1,6 +1,8 @@
-"""Training: config, backends, metrics and the loop (no ray/mlflow/deepspeed imports here)."""
+"""Training: config, backends, metrics and the loop (no ray/mlflow/deepspeed imports here).
 
-from typing import Any
+The group trainer is imported from its module, `from lingo_core.train.group import train_group`: it
+builds on lingo_core.multitask, which imports lingo_core.train.backend (and so this file); re-exporting
+it here would make that an import cycle (tests/test_import_graph.py)."""
 
 from lingo_core.train.backend import TorchBackend, TrainBackend
 from lingo_core.train.config import TrainConfig
@@ -16,17 +18,5 @@ __all__ = [
     "evaluate",
     "micro_step",
     "train",
-    "train_group",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # train_group is imported on first use, not here: lingo_core.train.group imports lingo_core.multitask,
-    # which imports lingo_core.train.backend and so runs this file; an import here would find multitask
-    # half-initialised whenever it is imported first (the fix, moving the shared helpers of backend.py to
-    # a leaf module, is outside this package).
-    if name == "train_group":
-        from lingo_core.train.group import train_group
-
-        return train_group
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from lingo_core.multitask import MultiTaskLoRA
 from lingo_core.predict import Predictor, PredictSettings
 from lingo_core.run_folder import RunFolder
-from lingo_core.train import TorchBackend, TrainConfig, TrainHooks, TrainResult, train, train_group
+from lingo_core.train import TorchBackend, TrainConfig, TrainHooks, TrainResult, train
+from lingo_core.train.group import train_group
 from lingo_core.train.trainer import prepare_data
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*test sequences also occur in train")
