@@ -16,3 +16,7 @@ adapter_config.json carries the final rank_pattern (AdaLoRA resizes on load from
 
 PEFT_METHODS = ("ars", "lora", "adalora", "prefix")
 """Methods whose trainable part is a PEFT adapter saved with `save_pretrained`."""
+
+PACKABLE_METHODS = ("lora",)
+"""Methods whose trials several tasks can share, on one frozen base (lingo_core.train.group: MultiTaskLoRA
+routes plain LoRA factors; the rank controller of ars/adalora is per model)."""

@@ -45,9 +45,14 @@ class ResourcesSpec:
     workers_per_trial: int = 1  # data-parallel Ray Train workers; 1 = no gradient all-reduce
     cpus_per_worker: float = 1.0  # one core per worker: the tokenizer and loop are single-threaded
     gpus_per_worker: float = 0.0  # CPU by default; fractions (0.5) pack two small-model trials per GPU
+    tasks_per_trial: int = 1  # 1: one task per trial, the default path (checkpoints, resume, ASHA)
+    """lora trials that differ only in task are trained this many at a time in one trial: one process, one
+    frozen base, one forward over a mixed batch (lingo_core.train.group), each task still with its own
+    optimizer, schedule, dev selection, MLflow run and registered champion. Needs fifo scheduling and one
+    plain-PyTorch worker per trial; a group has no checkpoints (a restarted group trial trains again)."""
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "workers_per_trial")
+        at_least(self, 1, "workers_per_trial", "tasks_per_trial")
         if self.cpus_per_worker <= 0:
             raise FieldError("cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
         at_least(self, 0, "gpus_per_worker")

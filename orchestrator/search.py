@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from lingo_core.data.task import task_matches
-from lingo_core.method_names import RANK_METHODS
+from lingo_core.method_names import PACKABLE_METHODS, RANK_METHODS
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners.budget import rank_budget
 from lingo_core.typed import FieldError, set_path
@@ -123,7 +123,37 @@ def cells(job: JobSpec, tasks: list) -> list[dict]:
                         "budget": {"init_r": budget[0], "target_r": budget[1]} if method in RANK_METHODS else None,
                         "grid": dict(zip(axes, point, strict=True)),
                     })
+    return pack_cells(out, {t.name: t.seq_len_bp for t in tasks}, job.resources.tasks_per_trial)
+
+
+def pack_cells(cells: list[dict], seq_len_bp: dict[str, int], tasks_per_trial: int) -> list[dict]:
+    """resources.tasks_per_trial > 1: the cells of a packable method that differ only in task become group
+    cells of up to that many tasks, neighbours in sequence length (a mixed batch pads to its longest row).
+    A group cell keeps the shared method, seed and grid point, lists its tasks as ``members`` and shows
+    them joined by "+" as its ``task``; a group of one stays a plain cell."""
+    if tasks_per_trial == 1:
+        return cells
+    out, groups = [], {}
+    for cell in cells:
+        if cell["method"] not in PACKABLE_METHODS:
+            out.append(cell)
+        else:  # the grid point as a sorted tuple: equal points group whatever their key order
+            groups.setdefault((cell["method"], cell["seed"], tuple(sorted(cell["grid"].items()))), []).append(cell)
+    for same in groups.values():
+        same.sort(key=lambda c: (seq_len_bp[c["task"]], c["task"]))
+        for i in range(0, len(same), tasks_per_trial):
+            chunk = same[i:i + tasks_per_trial]
+            out.append(chunk[0] if len(chunk) == 1 else {
+                **chunk[0], "task": "+".join(c["task"] for c in chunk), "members": [c["task"] for c in chunk]})
     return out
+
+
+def member_cells(cell: dict) -> list[dict]:
+    """The single-task cells a (group) cell trains: its members', else the cell itself."""
+    if not cell.get("members"):
+        return [cell]
+    plain = {k: v for k, v in cell.items() if k != "members"}
+    return [{**plain, "task": task} for task in cell["members"]]
 
 
 class MethodSampler:

@@ -69,25 +69,30 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from orchestrator.worker import train_worker_fn
+    from orchestrator.search import member_cells  # torch, for the reason in trial_config
+    from orchestrator.worker import train_group_worker_fn, train_worker_fn
 
     job = ctx.job
     trial_id = ray.tune.get_context().get_trial_id()
-    cell = config["cell"]
-    cfg = trial_config(job, config, trial_id)
+    members = member_cells(config["cell"])  # one cell, or a group's (resources.tasks_per_trial)
+    grouped = len(members) > 1
+    cfgs = [trial_config(job, {**config, "cell": m}, trial_id) for m in members]
     c = tracking.client(ctx.tracking_uri)
-    run_id = journal.patient(lambda: tracking.find_or_create_child(
-        c, ctx.experiment_id, ctx.parent_run_id, trial_id,
-        run_name=f"{cell['task']}/{cell['method']}/seed{cell['seed']}/{trial_id}",
-        tags={"task": cell["task"], "method": cell["method"], "seed": str(cell["seed"])}), TRACKING_WAIT_S)
+    run_ids = [journal.patient(lambda m=m: tracking.find_or_create_child(
+        c, ctx.experiment_id, ctx.parent_run_id, f"{trial_id}/{m['task']}" if grouped else trial_id,
+        run_name=f"{m['task']}/{m['method']}/seed{m['seed']}/{trial_id}",
+        tags={"task": m["task"], "method": m["method"], "seed": str(m["seed"])}), TRACKING_WAIT_S)
+        for m in members]  # one MLflow run per task: summary and registry read a group's tasks as any others
     clock.mark("driver_ready")  # Ray's imports, the TrainConfig and the MLflow child run: the driver's share
     res = job.resources
     per_worker = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker > 0:
         per_worker["GPU"] = res.gpus_per_worker
+    loop_configs = [worker_config(job, {**config, "cell": m}, cfg, trial_id, ctx.tracking_uri, run_id, clock.marks)
+                    for m, cfg, run_id in zip(members, cfgs, run_ids, strict=True)]
     trainer = TorchTrainer(
-        train_worker_fn,
-        train_loop_config=worker_config(job, config, cfg, trial_id, ctx.tracking_uri, run_id, clock.marks),
+        train_group_worker_fn if grouped else train_worker_fn,
+        train_loop_config={"group": loop_configs} if grouped else loop_configs[0],
         scaling_config=ScalingConfig(num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
@@ -108,10 +113,11 @@ def run_trial(config: dict, ctx: SweepContext) -> None:
         # The worker group is gone after fit(): this driver is now the journal's only writer (read back
         # only now: the workers wrote it). It records a failure beyond the retries and sends what the
         # workers could not (tracking down at their end); training is over, so waiting here is harmless.
-        j = journal.open_for_run(cfg.output_dir, ctx.tracking_uri, run_id)
-        if failure is not None:
-            j.tags({"lingo.error": f"{type(failure).__name__}: {failure}"[:5000]})
-            j.status("FAILED")
-        j.commit()  # no attempt is left to log these steps again
-        if not j.drain(TRACKING_WAIT_S):
-            print(f"tracking unreachable: {j.pending()} record(s) left in {j.folder} for the next replay")
+        for cfg, run_id in zip(cfgs, run_ids, strict=True):
+            j = journal.open_for_run(cfg.output_dir, ctx.tracking_uri, run_id)
+            if failure is not None:
+                j.tags({"lingo.error": f"{type(failure).__name__}: {failure}"[:5000]})
+                j.status("FAILED")
+            j.commit()  # no attempt is left to log these steps again
+            if not j.drain(TRACKING_WAIT_S):
+                print(f"tracking unreachable: {j.pending()} record(s) left in {j.folder} for the next replay")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lingo_core.data.task import task_matches
-from lingo_core.method_names import METHODS, RANK_METHODS
+from lingo_core.method_names import METHODS, PACKABLE_METHODS, RANK_METHODS
 from lingo_core.train.config import TrainConfig
 from lingo_core.tuners.budget import train_rows
 from lingo_core.tuners.config import RENAMED_KEYS
@@ -92,6 +92,7 @@ def validate_job(job: JobSpec) -> None:
         raise FieldError("deepspeed.enabled", f"false trains each trial in one process, but "
                          f"resources.workers_per_trial is {job.resources.workers_per_trial}; set it to 1 or "
                          "enable DeepSpeed for data-parallel trials")
+    _check_packing(job)
     rank_methods = [m for m in job.methods if m in RANK_METHODS]
     if job.deepspeed.enabled and job.deepspeed.zero_stage == 3 and rank_methods:
         # The rank controller reads whole singular-value vectors and masks them in place; ZeRO-3 shards
@@ -131,6 +132,26 @@ def validate_job(job: JobSpec) -> None:
     for task in tasks:
         for method in (m for m in job.methods if m in RANK_METHODS):
             _check_schedule(job, task, method)
+
+
+def _check_packing(job: JobSpec) -> None:
+    """resources.tasks_per_trial > 1 needs what a group trial can do: one plain process, no early stopping
+    (ASHA would compare a group's mean with single tasks), and a method it packs."""
+    k = job.resources.tasks_per_trial
+    if k == 1:
+        return
+    where = "resources.tasks_per_trial"
+    if job.deepspeed.enabled:
+        raise FieldError(where, f"{k} trains a group in one plain PyTorch process; set deepspeed.enabled: false")
+    if job.scheduler.type != "fifo":
+        raise FieldError(where, f"{k} needs scheduler.type: fifo (a group trial reports its tasks' mean, "
+                         f"which ASHA must not rank against single-task trials), got {job.scheduler.type!r}")
+    if job.train.get("save_checkpoints") is True:
+        raise FieldError("train.save_checkpoints", f"true, but resources.tasks_per_trial {k} trains groups, "
+                         "which write no checkpoints (a restarted group trains again); set it to false")
+    if not any(m in PACKABLE_METHODS for m in job.methods):
+        raise FieldError(where, f"{k} packs {', '.join(PACKABLE_METHODS)} trials, but methods is "
+                         f"{job.methods}; add one or set tasks_per_trial: 1")
 
 
 def _check_schedule(job: JobSpec, task: Any, method: str) -> None:

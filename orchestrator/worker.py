@@ -200,3 +200,75 @@ def train_worker_fn(config: dict) -> None:
             logger.drain(WORKER_DRAIN_S)
     # Last result of the trial: the dev-selected dev MCC and its test MCC (what the sweep summarises).
     ray.train.report({k: v for k, v in final.items() if v is not None})
+
+
+class _GroupTaskHooks:
+    """TrainHooks of one task in a group trial: its logs and dev evaluations go to its own MLflow run only.
+    Nothing is reported to Ray Train per evaluation (a group has no checkpoint to report, and Tune would
+    read one task's dev metric as the trial's); the trial's one report is the group's final mean."""
+
+    def __init__(self, logger: RunJournal | None, fail: bool) -> None:
+        self.logger, self.fail = logger, fail
+
+    def on_log(self, step: int, logs: dict) -> None:
+        if self.fail:  # FAIL_TASK_ENV: this task of the group fails at its first log, the others train on
+            raise RuntimeError(f"{FAIL_TASK_ENV}: injected failure of one task in a group trial")
+        if self.logger is not None:
+            self.logger.metrics({"loss": logs.get("loss"), "lr": logs.get("lr"), "epoch": logs.get("epoch")}, step)
+
+    def on_evaluate(self, event: Any) -> None:
+        if self.logger is not None:
+            metrics = {k: v for k, v in event.metrics.items() if v is not None}
+            self.logger.metrics({**metrics, "step": event.step, "epoch": event.epoch,
+                                 "dev_is_best": int(event.is_best)}, event.step)
+
+
+def train_group_worker_fn(config: dict) -> None:
+    """Ray Train per-worker function of a group trial (resources.tasks_per_trial > 1): the tasks' LoRA
+    adapters trained together by `lingo_core.train.group.train_group` in this one plain-PyTorch worker.
+    config: {"group": [train_worker_fn's config per task]}. Each task logs to, and finishes or fails,
+    its own MLflow run; the trial fails only when every task failed."""
+    clock = StartupClock(config["group"][0].get("startup"))
+    clock.mark("worker_start")
+    import ray.train
+
+    from lingo_core.train import TrainHooks
+    from lingo_core.train.group import train_group
+
+    clock.mark("imports")
+    members = config["group"]
+    loggers, hooks = [], []
+    for m in members:
+        cfg, ml = m["train"], m.get("mlflow") or None
+        # a group writes no checkpoint: an attempt always starts at step 0 and voids an earlier one's tail
+        logger = _open_journal(ml["tracking_uri"], ml["run_id"], Path(cfg.output_dir), 0) if ml else None
+        if logger is not None:
+            logger.params({**m["trial"], "train": cfg.to_dict(), "world_size": 1, "deepspeed": {"enabled": False},
+                           "packed_tasks": ",".join(x["trial"]["task"] for x in members)})
+        h = _GroupTaskHooks(logger, os.environ.get(FAIL_TASK_ENV) == m["trial"]["task"])
+        loggers.append(logger)
+        hooks.append(TrainHooks(on_log=h.on_log, on_evaluate=h.on_evaluate))
+    results = train_group([m["train"] for m in members], hooks)
+    done = []
+    for m, logger, result in zip(members, loggers, results, strict=True):
+        if isinstance(result, BaseException):
+            print(f"group trial: {m['trial']['task']} failed ({type(result).__name__}: {result}); the others go on")
+            if logger is not None:
+                logger.tags({"lingo.error": f"{type(result).__name__}: {result}"[:5000]})
+                logger.status("FAILED")
+                logger.drain(WORKER_DRAIN_S)
+            continue
+        done.append(result)
+        written = write_result(result, m["train"].output_dir)
+        if logger is not None:
+            logger.commit()  # the whole run is final: no attempt will log these steps again
+            _log_result(logger, result, written)
+            logger.status("FINISHED")
+            logger.drain(WORKER_DRAIN_S)
+    if not done:
+        raise RuntimeError(f"every task of the group failed: {'; '.join(map(str, results))}"[:5000])
+    # The trial's one result: the mean over its finished tasks (FIFO only: nothing ranks it against others)
+    mean = lambda values: sum(values) / len(values)  # noqa: E731 - two uses, right here
+    ray.train.report({SELECTION.dev_key: mean([r.dev_metrics.get(SELECTION.metric, 0.0) for r in done]),
+                      "test_mcc": mean([r.test_metrics.get("mcc", 0.0) for r in done]),
+                      "step": max(r.total_steps for r in done), "tasks_finished": len(done), "final": 1})

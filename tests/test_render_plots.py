@@ -76,6 +76,7 @@ SHOWN = {
     "step_time_cpu": _step_medians,
     "quality_gpu": _quality_means,
     "lr_select_gpu": lambda d: [r["dev_mcc"] for r in d["rows"]],
+    "lr_select_emp_gpu": lambda d: [r["dev_mcc"] for r in d["rows"]],
     "colocation_gpu": lambda d: [v for r in d["rows"] for v in
                                  (r["aggregate_steps_per_s"], statistics.fmean(r["steps_per_s_each"]))],
     "ars_variants_gpu": lambda d: [r[k] for r in d["rows"] for k in ("dev_mcc", "test_mcc")],

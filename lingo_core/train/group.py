@@ -10,7 +10,7 @@ base and the forward. One optimizer step is one mixed batch with each active tas
     config K-1 -----------------------> rows K-1 -+                        +--> AdamW K-1
                                                         sum of the finite losses --> one backward
     per task, at its own steps: dev eval (its slot) -> best task_state on CPU (SELECTION)
-    per task, at its last step: best state back in the slot -> test once -> PEFT LoRA export -> result.json
+    per task, at its last step: best state back in the slot -> test once -> PEFT LoRA export (adapter/)
 
 * Start: every slot begins from the weights `train()` would start that config from (its seeded head and
   PEFT LoRA init, copied in with `load_peft_task`), so a task's run depends only on its own config.
@@ -43,9 +43,10 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from lingo_core.method_names import PACKABLE_METHODS
 from lingo_core.multitask import MultiTaskLoRA
 from lingo_core.routed_lora import Routing, TaskAdapter
-from lingo_core.run_folder import RunFolder, write_result
+from lingo_core.run_folder import RunFolder
 from lingo_core.selection import SELECTION
 from lingo_core.task_optimizers import TaskOptimizers
 from lingo_core.train.backend import TorchBackend
@@ -123,8 +124,9 @@ def train_group(configs: Sequence[TrainConfig], hooks: Sequence[TrainHooks] | No
                 device: str | torch.device | None = None) -> list[TrainResult | BaseException]:
     """Train every config's LoRA adapter in one process on one shared frozen base (see the module doc).
 
-    Returns one entry per config, in order: its TrainResult (its run folder holds adapter/ and result.json
-    as `lingo train` leaves them), or the exception that ended that task. A config the group cannot train
+    Returns one entry per config, in order: its TrainResult (its run folder holds adapter/, as after
+    train(); the caller writes result.json with `lingo_core.run_folder.write_result`, as after train()),
+    or the exception that ended that task. A config the group cannot train
     (another method, a shared field that differs, a repeated output_dir) is a ValueError before any work;
     a base that does not load raises, as in train(). `device`: None picks as train() does (the GPU when
     there is one)."""
@@ -226,9 +228,9 @@ def check_group(configs: Sequence[TrainConfig], hooks: Sequence[TrainHooks]) -> 
         raise ValueError(f"train_group: {len(hooks)} TrainHooks for {len(configs)} configs; give one per config")
     dirs: dict[Path, int] = {}
     for i, cfg in enumerate(configs):
-        if cfg.adapter.method != "lora":
+        if cfg.adapter.method not in PACKABLE_METHODS:
             raise ValueError(f"train_group: configs[{i}].adapter.method={cfg.adapter.method!r}; a group trains "
-                             "'lora' adapters only (MultiTaskLoRA routes plain LoRA factors)")
+                             f"{' or '.join(map(repr, PACKABLE_METHODS))} adapters only (MultiTaskLoRA routes plain LoRA factors)")
         if cfg.save_checkpoints:
             raise ValueError(f"train_group: configs[{i}].save_checkpoints=True; a group writes no resumable "
                              "checkpoints, train the task alone with train() for that")
@@ -328,7 +330,7 @@ def _dev_eval(model: MultiTaskLoRA, t: _Task, backend: TorchBackend, step: int, 
 
 def _finish(model: MultiTaskLoRA, t: _Task, backend: TorchBackend, ref: BaseModelRef, identity: dict[str, Any],
             wall_time_s: float) -> TrainResult:
-    """Test once on the dev-selected weights, export them as train() does, write result.json."""
+    """Test once on the dev-selected weights, export them as train() does."""
     from lingo_core.artifacts import save_adapter
     from lingo_core.tokenization import TEMPLATE
     from lingo_core.tuners.methods import trainable_summary
@@ -353,5 +355,4 @@ def _finish(model: MultiTaskLoRA, t: _Task, backend: TorchBackend, ref: BaseMode
         trainable_fraction=fraction, total_steps=t.total_steps, num_dev_evals=t.num_dev_evals, num_test_evals=1,
         artifact_dir=artifact_dir, model_identity=identity, wall_time_s=wall_time_s,
         config={**t.cfg.to_dict(), "adapter": dataclasses.asdict(t.settings), "max_length": t.max_length})
-    write_result(result, folder.root)
     return result

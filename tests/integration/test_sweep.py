@@ -146,3 +146,43 @@ def test_sweep_end_to_end(tmp_path: Path, tiny_model_dir: Path, gue_root: Path, 
     assert str(now.version) == (reg.version if reg.champion else str(champ.version))
     assert len(c.search_model_versions(f"name='{name}'")) == 2
     assert not wait_gone(ray_daemon_pids())
+
+
+@pytest.mark.integration
+def test_packed_sweep_trains_a_group_per_trial(tmp_path: Path, tiny_model_dir: Path, gue_root: Path,
+                                               monkeypatch) -> None:
+    """resources.tasks_per_trial 3: the three lora tasks train in one trial on one frozen base, each with
+    its own MLflow run, summary row and champion; a task that fails leaves the other two finished."""
+    from orchestrator.sweep import run_sweep
+    from orchestrator.validate import load_job
+    from orchestrator.worker import FAIL_TASK_ENV
+
+    monkeypatch.setenv(FAIL_TASK_ENV, "tf/0")  # forwarded to the Ray workers by the sweep's runtime env
+    t0 = time.perf_counter()
+    job = load_job(write_job(tmp_path, "packed", tiny_model_dir, methods=["lora"], workers=1),
+                   ["resources.tasks_per_trial=3", "deepspeed.enabled=false", "train.save_checkpoints=false"])
+    res = run_sweep(job)
+    print(f"\n[timing] packed sweep (1 trial, 3 tasks): {time.perf_counter() - t0:.0f} s")
+    assert not wait_gone(ray_daemon_pids())
+    assert res.errors == 0  # the group trial itself finished: one failed task does not fail it
+
+    c = tracking.client(res.tracking_uri)
+    kids = {k.data.tags["task"]: k for k in tracking.child_runs(c, res.experiment_id, res.parent_run_id)}
+    assert set(kids) == set(TASKS)
+    trial_ids = {k.data.tags[tracking.TRIAL_TAG].split("/", 1)[0] for k in kids.values()}
+    assert len(trial_ids) == 1  # one Tune trial trained all three
+    failed = kids.pop("tf/0")
+    assert failed.info.status == "FAILED" and FAIL_TASK_ENV in failed.data.tags["lingo.error"]
+    for task, k in kids.items():
+        rid = k.info.run_id
+        assert k.info.status == "FINISHED", task
+        assert k.data.params["packed_tasks"] == "prom_core_tata,tf/0,prom_300_tata"  # by sequence length
+        dev = sorted(c.get_metric_history(rid, "dev_mcc"), key=lambda m: m.step)
+        assert [m.step for m in dev] == [2, 4, 6, 8, 10, 12, 14, 16]  # 64 rows / batch 8 x 2 epochs, every 2
+        assert k.data.metrics["best_dev_mcc"] == max(m.value for m in dev) and k.data.metrics["num_test_evals"] == 1
+        arts = {a.path for a in c.list_artifacts(rid, "adapter")}
+        assert {"adapter/lingo.json", "adapter/adapter_model.safetensors"} <= arts
+        champ = c.get_model_version_by_alias(tracking.model_name(task), tracking.CHAMPION)
+        assert champ.run_id == rid
+    assert not c.search_model_versions(f"name='{tracking.model_name('tf/0')}'")  # nothing finished to register
+    assert "prom_300_tata" in Path(res.summary["md"]).read_text()
