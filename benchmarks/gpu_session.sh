@@ -15,6 +15,7 @@
 #   carry [.device]   bash benchmarks/gpu_session.sh select       # lr selection sweep (re-split tasks)
 #   carry [.device]   bash benchmarks/gpu_session.sh proof seeds=[0] ...   # a group of proof trials
 #   carry [.device]   bash benchmarks/gpu_session.sh start        # trial_start.py: a trial's entry -> first step
+#   carry []          bash benchmarks/gpu_session.sh group        # group_train.py: train_group vs train() in turn
 #   carry [.device]   bash benchmarks/gpu_session.sh scaling      # scaling.py (2+ GPUs; MEMORY=1: one-GPU memory)
 set -uo pipefail
 ST=/tmp/st
@@ -46,6 +47,10 @@ case "${1:-}" in
       --methods ${METHODS:-ars,lora} --backends torch,deepspeed --out "$OUT/step_time_gpu.json"
     [ "${PACKING:-0}" = 1 ] && python3 benchmarks/packing.py --model $GGUF --group-sizes ${GROUP_SIZES:-14,7,4} \
       --steps 20 --warmup 5 --batch-size 32 --device cuda --out "$OUT/packing_gpu.json"
+    ;;
+  group)  # group_train.py: train_group against train() one task after another (no Ray needed)
+    [ -f $GGUF ] || cold
+    python3 benchmarks/group_train.py --model $GGUF --device cuda "${@:2}" --out "$OUT/group_train_gpu.json"
     ;;
   start)
     [ -f $GGUF ] || cold

@@ -263,6 +263,29 @@ def _packing(data: Data, fig: Figure) -> None:
                  f"{data.get('device_name', data.get('device'))}", fontsize=10)
 
 
+def _group_train(data: Data, fig: Figure) -> None:
+    """group_train.py: wall seconds of the same tasks trained one after another and as one group (left),
+    each task's test MCC both ways (right)."""
+    rows = _rows(data, "rows")
+    if _num(data.get("sequential_s")) is None or _num(data.get("group_s")) is None:
+        raise Unplottable(f"no sequential_s / group_s; top-level keys: {sorted(data)}")
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": (1, 2)})
+    walls = [float(data["sequential_s"]), float(data["group_s"])]
+    bars = left.bar(["one after another", "one group"], walls, color=["0.6", "C0"])
+    left.bar_label(bars, labels=[f"{walls[0]:.0f} s", f"{walls[1]:.0f} s ({walls[0] / walls[1]:.2f}x)"], fontsize=8)
+    left.set_ylabel("wall seconds, start-up to last export")
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    for k, (mode, color) in enumerate((("sequential", "0.6"), ("group", "C0"))):
+        mcc = {r["task"]: _num(r.get("test_mcc")) for r in rows if r["mode"] == mode}
+        right.bar([i + 0.4 * k - 0.2 for i in range(len(tasks))], [mcc.get(t) or 0.0 for t in tasks], 0.4,
+                  color=color, label=mode)
+    right.set_xticks(range(len(tasks)), tasks, fontsize=8)
+    right.set_ylabel("test MCC")
+    right.legend(fontsize=8)
+    fig.suptitle(f"{len(tasks)} tasks, {data.get('max_steps', '?')} steps each, "
+                 f"{data.get('device_name', data.get('device'))}", fontsize=10)
+
+
 def _scaling(data: Data, fig: Figure) -> None:
     """Throughput against workers/GPUs, a line per method or backend, with ideal linear scaling dashed."""
     rows = _rows(data, "rows", "groups", "runs")
@@ -290,7 +313,7 @@ RENDERERS: tuple[tuple[str, Callable[[Data, Figure], None]], ...] = (
     ("step_time_gpu", _step_time), ("step_time_cpu", _step_time), ("quality_gpu", _quality),
     ("lr_select*_gpu", _lr_select), ("colocation_gpu", _colocation), ("ars_variants_gpu", _ars_variants),
     ("mutations_cpu", _mutations), ("trial_start*", _trial_start), ("packing_gpu", _packing),
-    ("scaling_gpu", _scaling),
+    ("scaling_gpu", _scaling), ("group_train_*", _group_train),
 )
 
 

@@ -83,6 +83,8 @@ SHOWN = {
     "mutations_cpu": lambda d: [r["seconds"] for r in d["mutations"]],
     "trial_start": lambda d: [v for r in d["runs"].values() for p, v in r["phases_s"].items() if p != "total"],
     "trial_start_cpu": lambda d: [v for r in d["runs"].values() for p, v in r["phases_s"].items() if p != "total"],
+    "group_train_gpu": lambda d: [d["sequential_s"], d["group_s"]] + [
+        r["test_mcc"] for r in d["rows"] if r.get("test_mcc")],
     "packing_gpu": lambda d: [d["sequential"]["aggregate_samples_per_s"]] + [
         r["aggregate_samples_per_s"] for r in d["packed"].values() if "aggregate_samples_per_s" in r],
 }
