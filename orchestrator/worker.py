@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
 from lingo_core.method_names import RANK_METHODS
@@ -268,7 +269,6 @@ def train_group_worker_fn(config: dict) -> None:
     if not done:
         raise RuntimeError(f"every task of the group failed: {'; '.join(map(str, results))}"[:5000])
     # The trial's one result: the mean over its finished tasks (FIFO only: nothing ranks it against others)
-    mean = lambda values: sum(values) / len(values)  # noqa: E731 - two uses, right here
-    ray.train.report({SELECTION.dev_key: mean([r.dev_metrics.get(SELECTION.metric, 0.0) for r in done]),
-                      "test_mcc": mean([r.test_metrics.get("mcc", 0.0) for r in done]),
+    ray.train.report({SELECTION.dev_key: fmean(r.dev_metrics.get(SELECTION.metric, 0.0) for r in done),
+                      "test_mcc": fmean(r.test_metrics.get("mcc", 0.0) for r in done),
                       "step": max(r.total_steps for r in done), "tasks_finished": len(done), "final": 1})
