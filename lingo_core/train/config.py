@@ -129,6 +129,16 @@ class TrainConfig:
     def warmup_steps(self, total_steps: int) -> int:
         return int(math.ceil(self.warmup_ratio * total_steps))
 
+    def logs_at(self, step: int, total_steps: int) -> bool:
+        """Whether optimizer step `step` is logged: every log_every steps, and the last step."""
+        return step % self.log_every == 0 or step == total_steps
+
+    def evaluates_at(self, step: int, steps_per_epoch: int, total_steps: int) -> bool:
+        """Whether dev is evaluated after optimizer step `step`: every eval_every steps (None: at each epoch's
+        end instead), and always after the last step."""
+        due = step % self.eval_every == 0 if self.eval_every else step % steps_per_epoch == 0
+        return due or step == total_steps
+
     # ---- (de)serialization ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Nested, JSON-safe dict; `from_dict(to_dict())` round-trips."""

@@ -300,13 +300,11 @@ def _mixed_batch(active: list[_Task], num_slots: int) -> tuple[dict[str, torch.T
 
 
 def _logs(t: _Task, step: int) -> bool:
-    return step % t.cfg.log_every == 0 or step == t.total_steps
+    return t.cfg.logs_at(step, t.total_steps)
 
 
 def _evaluates(t: _Task, step: int) -> bool:
-    """train()'s rule: every eval_every steps, else at each epoch end; and always at the last step."""
-    due = step % t.cfg.eval_every == 0 if t.cfg.eval_every else step % t.steps_per_epoch == 0
-    return due or step == t.total_steps
+    return t.cfg.evaluates_at(step, t.steps_per_epoch, t.total_steps)
 
 
 def _loader(t: _Task, split: str):

@@ -301,18 +301,16 @@ def train(
                 clock.mark("first_step", backend.device)  # synced: the step's GPU work, not its launch
             if controller is not None:
                 controller.allocate(step)
-            if step % cfg.log_every == 0 or step == total_steps:  # the only host reads of the step
+            if cfg.logs_at(step, total_steps):  # the only host reads of the step
                 logs = {"loss": float(loss_sum) / max(1, loss_n), "lr": backend.current_lr(), "epoch": epoch,
                         **(controller.stats() if controller is not None else {})}
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
                 if hooks.on_log is not None:
                     hooks.on_log(step, logs)
                 loss_sum, loss_n = zero.clone(), 0
-            end_of_epoch = step % spe == 0
-            due = (step % cfg.eval_every == 0) if cfg.eval_every else end_of_epoch
-            if due or step == total_steps:
+            if cfg.evaluates_at(step, spe, total_steps):
                 dev_eval(epoch)
-            if step >= total_steps or end_of_epoch:
+            if step >= total_steps or step % spe == 0:  # the run's end, or the epoch's
                 break
     bar.close()
 

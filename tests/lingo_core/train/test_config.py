@@ -52,3 +52,12 @@ def test_total_steps_counts_world_accum_and_cap():
     assert TrainConfig(epochs=3, max_steps=5).total_steps(1000) == 5
     with pytest.raises(ValueError, match="fewer than grad_accum"):
         TrainConfig(batch_size=8, grad_accum=4).steps_per_epoch(16)
+
+
+def test_log_and_eval_cadence_has_one_owner() -> None:
+    """train() and train_group ask TrainConfig when to log and evaluate (steps 1..total)."""
+    cfg = TrainConfig(task="t", log_every=4, eval_every=3)
+    assert [s for s in range(1, 11) if cfg.logs_at(s, 10)] == [4, 8, 10]
+    assert [s for s in range(1, 11) if cfg.evaluates_at(s, 5, 10)] == [3, 6, 9, 10]
+    by_epoch = TrainConfig(task="t")  # eval_every None: at each epoch end
+    assert [s for s in range(1, 12) if by_epoch.evaluates_at(s, 4, 11)] == [4, 8, 11]
